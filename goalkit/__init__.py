@@ -1,0 +1,53 @@
+"""goalkit: durable, multi-step agent goals.
+
+from goalkit import GoalManager
+
+async with GoalManager("sqlite:///goals.db") as manager:
+    goal = await manager.create("Research quantum computing advances in 2026")
+    goal = await manager.wait(goal.id)
+"""
+
+from goalkit.errors import (
+    Forbidden,
+    GoalConflict,
+    GoalkitError,
+    GoalNotFound,
+    InvalidGoal,
+    LeaseLost,
+    NotAuthenticated,
+    PluginError,
+    StorageError,
+)
+from goalkit.hookspecs import hookimpl, hookspec
+from goalkit.manager import GoalManager
+from goalkit.models import ErrorInfo, Event, Goal, Page, Principal, Step, StepSpec
+from goalkit.providers import ModelProvider
+from goalkit.retry import RetryPolicy
+from goalkit.storage import Storage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ErrorInfo",
+    "Event",
+    "Forbidden",
+    "Goal",
+    "GoalConflict",
+    "GoalManager",
+    "GoalNotFound",
+    "GoalkitError",
+    "InvalidGoal",
+    "LeaseLost",
+    "ModelProvider",
+    "NotAuthenticated",
+    "Page",
+    "PluginError",
+    "Principal",
+    "RetryPolicy",
+    "Step",
+    "StepSpec",
+    "Storage",
+    "StorageError",
+    "hookimpl",
+    "hookspec",
+]

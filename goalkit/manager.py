@@ -1,0 +1,460 @@
+"""`GoalManager`: the public entry point that owns storage, plugins and the engine.
+
+One manager = one plugin manager, one storage connection, one task group. Entering it opens
+storage and starts three kinds of task: a scheduler that leases runnable goals (new ones,
+unfinished ones from an earlier run, and those of a process whose lease expired) up to
+`max_concurrent`; a heartbeat that renews the leases of the goals it runs; and a coordinator
+per running goal. Every write goes through `_commit`, which stores first and publishes after.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import secrets
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any
+
+import anyio
+import attrs
+import pluggy
+from anyio.abc import TaskGroup
+
+from goalkit import transitions
+from goalkit.engine import Coordinator, EventBus, now, run_sink
+from goalkit.errors import GoalConflict, GoalNotFound, InvalidGoal, LeaseLost, StorageError
+from goalkit.models import (
+    STATUSES,
+    ErrorInfo,
+    Event,
+    Goal,
+    Page,
+    new_goal_id,
+    new_workflow_id,
+    validate_goal_spec,
+)
+from goalkit.plugins import implementations, make_plugin_manager
+from goalkit.providers import ModelProvider
+from goalkit.retry import RetryPolicy
+from goalkit.storage import Storage
+
+__all__ = ["GoalManager"]
+
+log = logging.getLogger("goalkit")
+
+MAX_LIMIT = 500
+SINK_DRAIN_SECONDS = 5.0
+
+
+class GoalManager:
+    """Persists goals and runs them to completion; an async context manager.
+
+    :param storage: a storage URL (``sqlite:///goalkit.db``, ``memory://``, or any scheme a
+        `goalkit_storage` plugin serves).
+    :param plugins: extra plugins: modules, objects, or module names / ``.py`` paths.
+    :param default_model: the model of goals created without one.
+    :param max_concurrent: how many goals this manager runs at once; the rest wait, oldest
+        first.
+    :param max_retries: the default number of retries of a failed step (0–10).
+    :param retry_backoff: the base delay in seconds of the exponential backoff between
+        attempts, or a full `RetryPolicy`.
+    :param step_timeout: seconds one provider call may take (None: no limit).
+    :param lease_ttl: seconds a goal's lease lasts without a heartbeat; a crashed process's
+        goals are taken over by another manager after this long.
+    :param poll_interval: seconds between looks at storage for work other processes left
+        (expired leases) and for events written by other processes; defaults to a tenth of
+        `lease_ttl`, at most 1 s.
+    :param entry_points: load plugins installed under the ``goalkit`` entry-point group.
+    """
+
+    def __init__(
+        self,
+        storage: str = "sqlite:///goalkit.db",
+        *,
+        plugins: Iterable[object | str] = (),
+        default_model: str = "scripted",
+        max_concurrent: int = 100,
+        max_retries: int = 2,
+        retry_backoff: float | RetryPolicy = 0.5,
+        step_timeout: float | None = 300.0,
+        lease_ttl: float = 30.0,
+        poll_interval: float | None = None,
+        entry_points: bool = True,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        if not 0 <= max_retries <= 10:
+            raise ValueError("max_retries must be from 0 to 10")
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be positive")
+        if step_timeout is not None and step_timeout <= 0:
+            raise ValueError("step_timeout must be positive or None")
+        self.url = storage
+        self.default_model = default_model
+        self.max_concurrent = max_concurrent
+        self.max_retries = max_retries
+        self.retry_policy = (
+            retry_backoff
+            if isinstance(retry_backoff, RetryPolicy)
+            else RetryPolicy(base=retry_backoff)
+        )
+        self.step_timeout = step_timeout
+        self.lease_ttl = lease_ttl
+        self.poll_interval = (
+            poll_interval if poll_interval is not None else min(1.0, lease_ttl / 10)
+        )
+        self._plugins = tuple(plugins)
+        self._entry_points = entry_points
+        # A lease owner name unique to this manager instance: the fence token of its writes.
+        self.owner_id = f"mgr-{secrets.token_hex(6)}"
+        self._bus = EventBus()
+        self._running: dict[str, anyio.CancelScope] = {}
+        self._providers: dict[str, ModelProvider] = {}
+        self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        self._wake = anyio.Event()
+        self._unfinished: list[str] = []
+        self._stack: AsyncExitStack | None = None
+        self._engine: TaskGroup | None = None
+        self._pm: pluggy.PluginManager | None = None
+        self._storage: Storage | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def plugin_manager(self) -> pluggy.PluginManager:
+        """This manager's own pluggy plugin manager."""
+        if self._pm is None:
+            self._pm = make_plugin_manager(self._plugins, entry_points=self._entry_points)
+        return self._pm
+
+    @property
+    def storage(self) -> Storage:
+        """The open storage backend."""
+        if self._storage is None:
+            raise RuntimeError("GoalManager is not open: use 'async with GoalManager(...)'")
+        return self._storage
+
+    @property
+    def running(self) -> frozenset[str]:
+        """Ids of the goals this manager is driving right now."""
+        return frozenset(self._running)
+
+    async def __aenter__(self) -> GoalManager:
+        if self._stack is not None:
+            raise RuntimeError("GoalManager is already open")
+        storage = self.plugin_manager.hook.goalkit_storage(url=self.url)
+        if storage is None:
+            raise StorageError(f"no storage plugin serves the URL {self.url!r}")
+        async with AsyncExitStack() as stack:
+            await storage.open()
+            stack.push_async_callback(storage.close)
+            sinks = await stack.enter_async_context(anyio.create_task_group())
+            for name, call in implementations(self.plugin_manager, "goalkit_event"):
+                sinks.start_soon(
+                    run_sink, name, call, self._bus.add_sink(), name=f"goalkit sink {name}"
+                )
+            stack.push_async_callback(self._drain_sinks, sinks)
+            stack.push_async_callback(self._release)
+            engine = await stack.enter_async_context(anyio.create_task_group())
+            engine.start_soon(self._schedule, name="goalkit scheduler")
+            engine.start_soon(self._heartbeat, name="goalkit heartbeat")
+            self._storage, self._engine = storage, engine
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        assert self._engine is not None
+        self._unfinished = list(self._running)
+        self._engine.cancel_scope.cancel()
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._storage = self._engine = None
+
+    async def _release(self) -> None:
+        # Runs after the engine stopped: hand unfinished goals back at once, so the next start
+        # (or another process) resumes them without waiting for the leases to expire.
+        ids, self._unfinished = self._unfinished, []
+        if ids:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.storage.release_leases(self.owner_id, ids)
+                except StorageError:
+                    log.warning(
+                        "could not release %d lease(s); they expire in %ss",
+                        len(ids),
+                        self.lease_ttl,
+                    )
+
+    async def _drain_sinks(self, sinks: TaskGroup) -> None:
+        # Sinks finish the events already queued, within a grace period.
+        self._bus.close_sinks()
+        sinks.cancel_scope.deadline = anyio.current_time() + SINK_DRAIN_SECONDS
+
+    # -- the engine's loops -------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            free = self.max_concurrent - len(self._running)
+            if free > 0:
+                try:
+                    goals = await self.storage.claim_goals(
+                        self.owner_id, ttl=self.lease_ttl, limit=free, exclude=self._running
+                    )
+                except StorageError as exc:
+                    log.warning("claiming goals failed, trying again: %s", exc)
+                    goals = []
+                for goal in goals:
+                    scope = anyio.CancelScope()
+                    self._running[goal.id] = scope
+                    assert self._engine is not None
+                    self._engine.start_soon(
+                        self._drive, goal, scope, name=f"goalkit coordinator {goal.id}"
+                    )
+            with anyio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_ttl / 3)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                held = await self.storage.renew_leases(self.owner_id, ids, ttl=self.lease_ttl)
+            except StorageError as exc:
+                log.warning("renewing leases failed: %s", exc)
+                continue
+            for goal_id in set(ids) - held:
+                scope = self._running.get(goal_id)
+                if scope is not None:
+                    log.warning("lost the lease of goal %s; stopping its coordinator", goal_id)
+                    scope.cancel()
+
+    async def _drive(self, goal: Goal, scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                try:
+                    provider = self._provider(goal.model)
+                except InvalidGoal as exc:
+                    await self._commit(
+                        transitions.fail(
+                            goal,
+                            ErrorInfo("provider_unavailable", exc.message),
+                            now(),
+                            lease=self.owner_id,
+                        )
+                    )
+                    return
+                coordinator = Coordinator(
+                    goal=goal,
+                    provider=provider,
+                    commit=self._commit,
+                    lease=self.owner_id,
+                    policy=self.retry_policy,
+                    step_timeout=self.step_timeout,
+                )
+                await coordinator.run()
+        except LeaseLost:
+            log.info("goal %s: lease lost (cancelled or taken over); coordinator stopped", goal.id)
+        except Exception:
+            # A storage outage or a bug: the lease runs out and the goal is retried later.
+            log.exception(
+                "goal %s: coordinator crashed; it resumes after its lease expires", goal.id
+            )
+        finally:
+            self._running.pop(goal.id, None)
+            self._wake.set()
+
+    def _lock(self, goal_id: str) -> anyio.Lock:
+        lock = self._locks.get(goal_id)
+        if lock is None:
+            lock = self._locks[goal_id] = anyio.Lock()
+        return lock
+
+    async def _commit(self, transition: transitions.Transition) -> Event | None:
+        # Stored first, then published; the per-goal lock keeps publication in event order
+        # when a cancel and the coordinator commit to one goal at the same moment, and the
+        # shield keeps a commit that reached storage from going unpublished.
+        async with self._lock(transition.goal.id):
+            with anyio.CancelScope(shield=True):
+                event = await self.storage.commit(transition)
+                if event is not None:
+                    self._bus.publish(event)
+        return event
+
+    def _provider(self, model: str) -> ModelProvider:
+        provider = self._providers.get(model)
+        if provider is None:
+            provider = self.plugin_manager.hook.goalkit_model_provider(model=model)
+            if provider is None:
+                raise InvalidGoal(
+                    f"no model provider serves {model!r} (installed providers: see 'goalkit plugins')",
+                    field="model",
+                )
+            self._providers[model] = provider
+        return provider
+
+    # -- the public API -----------------------------------------------------------------------
+
+    async def create(
+        self,
+        description: str,
+        *,
+        model: str | None = None,
+        mode: str = "plan",
+        max_steps: int = 10,
+        max_retries: int | None = None,
+        tags: Iterable[str] = (),
+        owner: str = "local",
+    ) -> Goal:
+        """Store a new goal and start it; raises `InvalidGoal` naming the field at fault."""
+        spec = validate_goal_spec(
+            description=description,
+            model=self.default_model if model is None else model,
+            mode=mode,
+            max_steps=max_steps,
+            max_retries=self.max_retries if max_retries is None else max_retries,
+            tags=tags,
+            owner=owner,
+        )
+        self._provider(spec.model)
+        stamp = now()
+        goal = Goal(
+            id=new_goal_id(),
+            workflow_id=new_workflow_id(),
+            description=spec.description,
+            model=spec.model,
+            mode=spec.mode,
+            max_steps=spec.max_steps,
+            max_retries=spec.max_retries,
+            tags=spec.tags,
+            owner=spec.owner,
+            status="active",
+            phase="created",
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        async with self._lock(goal.id):
+            with anyio.CancelScope(shield=True):
+                event = await self.storage.create_goal(transitions.create(goal))
+                self._bus.publish(event)
+        self._wake.set()
+        return attrs.evolve(goal, last_event_id=event.id)
+
+    async def get(self, goal_id: str) -> Goal:
+        """The goal with its steps; raises `GoalNotFound`."""
+        goal = await self.storage.get_goal(_goal_id(goal_id))
+        if goal is None:
+            raise GoalNotFound(goal_id)
+        return goal
+
+    async def list(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """Goals newest first, filtered by owner (None: everyone's), status and tag."""
+        if status is not None and status not in STATUSES:
+            raise InvalidGoal(
+                f"must be one of {', '.join(STATUSES)}, got {status!r}", field="status"
+            )
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise InvalidGoal(f"must be an integer from 1 to {MAX_LIMIT}", field="limit")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidGoal("must be an integer of at least 0", field="offset")
+        return await self.storage.list_goals(
+            owner=owner, status=status, tag=tag, limit=limit, offset=offset
+        )
+
+    async def by_workflow(self, workflow_id: str) -> builtins.list[Goal]:
+        """The goals driven by a workflow id (an indexed lookup)."""
+        return await self.storage.goals_by_workflow(workflow_id)
+
+    async def cancel(self, goal_id: str) -> Goal:
+        """Cancel a goal: stops its in-flight provider call; `GoalConflict` if it has ended."""
+        while True:
+            goal = await self.get(goal_id)
+            if goal.done:
+                raise GoalConflict(f"goal {goal.id!r} is already {goal.status}")
+            try:
+                await self._commit(transitions.cancel(goal, now()))
+            except GoalConflict:
+                continue  # it moved on meanwhile: look again
+            break
+        scope = self._running.get(goal.id)
+        if scope is not None:
+            scope.cancel()
+        return await self.get(goal.id)
+
+    async def events(self, goal_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        """The goal's events numbered above `after`: stored ones, then live ones.
+
+        Each event comes exactly once and in order; the iteration ends after the terminal
+        event (at once when the goal has ended and `after` is past its last event).
+        """
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InvalidGoal("must be an integer of at least 0", field="after")
+        goal = await self.get(goal_id)
+        last = after
+        with self._bus.subscribe(goal.id) as inbox:
+            while True:
+                batch = await self.storage.read_events(goal.id, after=last)
+                for event in batch:
+                    yield event
+                    last = event.id
+                    if event.terminal:
+                        return
+                if batch:
+                    continue
+                if goal.done:
+                    return  # it had ended before we started, and nothing is left after `after`
+                # Wait for a live event; one that follows on directly needs no storage read.
+                live: list[Event] = []
+                with anyio.move_on_after(self.poll_interval):
+                    live.append(await inbox.receive())
+                while True:
+                    try:
+                        live.append(inbox.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                for event in live:
+                    if event.id <= last:
+                        continue
+                    if event.id != last + 1:
+                        break  # a gap: the next storage read fills it
+                    yield event
+                    last = event.id
+                    if event.terminal:
+                        return
+
+    async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
+        """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""
+        with anyio.fail_after(timeout):
+            goal = await self.get(goal_id)
+            if not goal.done:
+                async for _ in self.events(goal.id, after=goal.last_event_id):
+                    pass
+        return await self.get(goal_id)
+
+
+def _goal_id(goal_id: Any) -> str:
+    if not isinstance(goal_id, str) or not goal_id:
+        raise GoalNotFound(str(goal_id))
+    return goal_id

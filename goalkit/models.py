@@ -1,0 +1,346 @@
+"""Goals, steps and events as immutable values, plus validation of creation fields.
+
+Nothing here does I/O. The state machine that moves these values from one state to the next
+lives in `goalkit.transitions`; storage backends persist them, the engine drives them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+import attrs
+
+from goalkit.errors import InvalidGoal
+
+__all__ = [
+    "JSON",
+    "TERMINAL_EVENTS",
+    "ErrorInfo",
+    "Event",
+    "Goal",
+    "GoalSpec",
+    "Page",
+    "Phase",
+    "Principal",
+    "Status",
+    "Step",
+    "StepSpec",
+    "StepStatus",
+    "check_json",
+    "new_goal_id",
+    "new_workflow_id",
+    "validate_goal_spec",
+    "validate_plan",
+]
+
+JSON: TypeAlias = Any
+"""A value `json.dumps` accepts: None, bool, int, float, str, list or dict of these."""
+
+Status = Literal["active", "completed", "failed", "cancelled"]
+Phase = Literal["created", "decomposing", "running", "completed", "failed", "cancelled"]
+StepStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+Mode = Literal["plan", "direct"]
+
+STATUSES: tuple[Status, ...] = ("active", "completed", "failed", "cancelled")
+MODES: tuple[Mode, ...] = ("plan", "direct")
+TERMINAL_EVENTS = frozenset({"goal.completed", "goal.failed", "goal.cancelled"})
+
+MAX_DESCRIPTION = 10_000
+MAX_STEPS = 100
+MAX_RETRIES = 10
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 64
+MAX_MODEL_LENGTH = 200
+MAX_OWNER_LENGTH = 200
+
+
+def new_goal_id() -> str:
+    """Return a fresh, unguessable goal id such as ``goal-3f9a1c2b7d4e5f60``."""
+    return f"goal-{secrets.token_hex(8)}"
+
+
+def new_workflow_id() -> str:
+    """Return a fresh workflow id such as ``wf-9b1e4c0d2a7f3e81``."""
+    return f"wf-{secrets.token_hex(8)}"
+
+
+@attrs.frozen
+class ErrorInfo:
+    """Why a step or goal failed: a machine-readable `code` and a human `message`."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorInfo:
+        return cls(code=str(data["code"]), message=str(data["message"]))
+
+
+@attrs.frozen
+class StepSpec:
+    """One step of a plan, as a provider's `plan` may return it (plain strings work too)."""
+
+    title: str
+    description: str | None = None
+
+
+@attrs.frozen
+class Principal:
+    """An authenticated user; admins see and act on every goal."""
+
+    user: str
+    admin: bool = False
+
+
+@attrs.frozen
+class Step:
+    """One unit of work of a goal, executed by one provider call per attempt."""
+
+    index: int
+    """1-based position: "Step N"."""
+    title: str
+    description: str | None = None
+    status: StepStatus = "pending"
+    attempts: int = 0
+    result: JSON = None
+    error: ErrorInfo | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "title": self.title,
+            "description": self.description,
+            "status": self.status,
+            "attempts": self.attempts,
+            "result": self.result,
+            "error": self.error.to_dict() if self.error else None,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+        }
+
+
+@attrs.frozen
+class Goal:
+    """A persistent objective and the state of the workflow that drives it.
+
+    `steps` is filled by `GoalManager.get`; listings leave it empty. `last_event_id` is the
+    number of the goal's newest stored event.
+    """
+
+    id: str
+    workflow_id: str
+    description: str
+    model: str
+    mode: Mode
+    max_steps: int
+    max_retries: int
+    tags: tuple[str, ...]
+    owner: str
+    status: Status
+    phase: Phase
+    created_at: int
+    updated_at: int
+    total_steps: int = 0
+    steps_completed: int = 0
+    current_step: int | None = None
+    result: JSON = None
+    error: ErrorInfo | None = None
+    completed_at: int | None = None
+    last_event_id: int = 0
+    steps: tuple[Step, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        """True once the goal is completed, failed or cancelled."""
+        return self.status != "active"
+
+    def to_dict(self, *, full: bool = True) -> dict[str, Any]:
+        """The goal's JSON form; ``full=False`` leaves out the step history."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "description": self.description,
+            "model": self.model,
+            "mode": self.mode,
+            "max_steps": self.max_steps,
+            "max_retries": self.max_retries,
+            "tags": list(self.tags),
+            "owner": self.owner,
+            "status": self.status,
+            "phase": self.phase,
+            "workflow_id": self.workflow_id,
+            "steps_completed": self.steps_completed,
+            "total_steps": self.total_steps,
+            "current_step": self.current_step,
+            "result": self.result,
+            "error": self.error.to_dict() if self.error else None,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "completed_at": self.completed_at,
+        }
+        if full:
+            data["steps"] = [step.to_dict() for step in self.steps]
+        return data
+
+
+@attrs.frozen
+class Event:
+    """An immutable record of one transition, numbered per goal 1, 2, 3 … without gaps."""
+
+    id: int
+    type: str
+    goal_id: str
+    workflow_id: str
+    ts: float
+    data: Mapping[str, JSON] = attrs.field(factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """True for `goal.completed`, `goal.failed` and `goal.cancelled`."""
+        return self.type in TERMINAL_EVENTS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "goal_id": self.goal_id,
+            "workflow_id": self.workflow_id,
+            "ts": self.ts,
+            "data": dict(self.data),
+        }
+
+
+@attrs.frozen
+class Page:
+    """One page of a listing: the goals, newest first, and the total that matched."""
+
+    items: tuple[Goal, ...]
+    total: int
+    limit: int
+    offset: int
+
+
+@attrs.frozen
+class GoalSpec:
+    """Validated creation fields of a goal (see `validate_goal_spec`)."""
+
+    description: str
+    model: str
+    mode: Mode
+    max_steps: int
+    max_retries: int
+    tags: tuple[str, ...]
+    owner: str
+
+
+def _int_field(name: str, value: object, low: int, high: int) -> int:
+    # bool is an int subclass; True as max_steps is a client bug, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidGoal(f"must be an integer from {low} to {high}", field=name)
+    if not low <= value <= high:
+        raise InvalidGoal(f"must be from {low} to {high}, got {value}", field=name)
+    return value
+
+
+def _text_field(name: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidGoal("must be a string", field=name)
+    text = value.strip()
+    if not text:
+        raise InvalidGoal("must not be empty", field=name)
+    if len(text) > max_length:
+        raise InvalidGoal(f"must be at most {max_length} characters, got {len(text)}", field=name)
+    return text
+
+
+def validate_goal_spec(
+    *,
+    description: object,
+    model: object,
+    mode: object = "plan",
+    max_steps: object = 10,
+    max_retries: object = 2,
+    tags: object = (),
+    owner: object = "local",
+) -> GoalSpec:
+    """Check every creation field and return them normalised, or raise `InvalidGoal`.
+
+    The rules: description 1–10,000 characters after stripping; model a non-empty name;
+    mode ``plan`` or ``direct``; max_steps 1–100; max_retries 0–10; at most 20 distinct tags
+    of 1–64 characters each (stripped, duplicates dropped, order kept).
+    """
+    text = _text_field("description", description, MAX_DESCRIPTION)
+    model_name = _text_field("model", model, MAX_MODEL_LENGTH)
+    if mode not in MODES:
+        raise InvalidGoal(f"must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
+    steps = _int_field("max_steps", max_steps, 1, MAX_STEPS)
+    retries = _int_field("max_retries", max_retries, 0, MAX_RETRIES)
+    clean_tags = _validate_tags(tags)
+    who = _text_field("owner", owner, MAX_OWNER_LENGTH)
+    return GoalSpec(
+        description=text,
+        model=model_name,
+        mode=mode,
+        max_steps=steps,
+        max_retries=retries,
+        tags=clean_tags,
+        owner=who,
+    )
+
+
+def _validate_tags(tags: object) -> tuple[str, ...]:
+    if isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
+        raise InvalidGoal("must be a list of strings", field="tags")
+    seen: dict[str, None] = {}
+    for i, tag in enumerate(tags):
+        if not isinstance(tag, str):
+            raise InvalidGoal(f"item {i} must be a string", field="tags")
+        clean = tag.strip()
+        if not 1 <= len(clean) <= MAX_TAG_LENGTH:
+            raise InvalidGoal(
+                f"item {i} must be 1 to {MAX_TAG_LENGTH} characters after stripping", field="tags"
+            )
+        seen[clean] = None
+    if len(seen) > MAX_TAGS:
+        raise InvalidGoal(f"at most {MAX_TAGS} tags, got {len(seen)}", field="tags")
+    return tuple(seen)
+
+
+def validate_plan(plan: object, max_steps: int) -> tuple[StepSpec, ...]:
+    """Turn a provider's plan into step specs, or raise ValueError saying what is wrong."""
+    if isinstance(plan, (str, bytes, Mapping)) or not isinstance(plan, Sequence):
+        raise ValueError(f"plan must be a list of strings or StepSpec, got {type(plan).__name__}")
+    if not plan:
+        raise ValueError("plan is empty")
+    if len(plan) > max_steps:
+        raise ValueError(f"plan has {len(plan)} steps, more than max_steps={max_steps}")
+    specs: list[StepSpec] = []
+    for i, item in enumerate(plan, start=1):
+        if isinstance(item, str):
+            item = StepSpec(title=item)
+        if not isinstance(item, StepSpec):
+            raise ValueError(f"plan step {i} is a {type(item).__name__}, not a str or StepSpec")
+        if not isinstance(item.title, str) or not item.title.strip():
+            raise ValueError(f"plan step {i} has an empty title")
+        if item.description is not None and not isinstance(item.description, str):
+            raise ValueError(f"plan step {i} has a description that is not a string")
+        specs.append(
+            StepSpec(title=item.title.strip()[:MAX_DESCRIPTION], description=item.description)
+        )
+    return tuple(specs)
+
+
+def check_json(value: object) -> JSON:
+    """Return `value` if it can be stored as JSON (no NaN, no objects), else raise ValueError."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"result is not JSON-serialisable: {exc}") from None
+    return value

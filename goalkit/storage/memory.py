@@ -1,0 +1,172 @@
+"""``memory://``: a storage backend in process memory, with the same behaviour as SQLite.
+
+For tests and throwaway runs. Each `MemoryStorage` (so each manager opened on ``memory://``)
+has its own store, gone when the process ends. Every method runs without awaiting in the
+middle, so on one event loop each is atomic, as a transaction would be.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import attrs
+
+from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost
+from goalkit.hookspecs import hookimpl
+from goalkit.models import Event, Goal, Page, Status, Step
+from goalkit.storage import Storage
+from goalkit.transitions import Transition
+
+__all__ = ["MemoryStorage"]
+
+
+@attrs.define
+class _Record:
+    goal: Goal
+    seq: int
+    steps: dict[int, Step] = attrs.field(factory=dict)
+    events: list[Event] = attrs.field(factory=list)
+    lease_owner: str | None = None
+    lease_expires: float = 0.0
+
+
+class MemoryStorage:
+    """A `Storage` kept in dictionaries."""
+
+    def __init__(self) -> None:
+        self._goals: dict[str, _Record] = {}
+        self._by_workflow: dict[str, list[str]] = {}
+        self._seq = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def _record(self, goal_id: str) -> _Record:
+        try:
+            return self._goals[goal_id]
+        except KeyError:
+            raise GoalNotFound(goal_id) from None
+
+    def _append(self, record: _Record, transition: Transition) -> Event | None:
+        for step in transition.steps:
+            record.steps[step.index] = step
+        event = None
+        last = record.goal.last_event_id
+        if transition.event is not None:
+            event = Event(
+                id=last + 1,
+                type=transition.event,
+                goal_id=record.goal.id,
+                workflow_id=record.goal.workflow_id,
+                ts=round(time.time(), 3),
+                data=transition.data,
+            )
+            record.events.append(event)
+            last = event.id
+        record.goal = attrs.evolve(transition.goal, last_event_id=last, steps=())
+        if record.goal.done:
+            record.lease_owner, record.lease_expires = None, 0.0
+        return event
+
+    async def create_goal(self, transition: Transition) -> Event:
+        goal = transition.goal
+        if goal.id in self._goals:
+            raise GoalConflict(f"goal {goal.id!r} already exists")
+        self._seq += 1
+        record = _Record(goal=attrs.evolve(goal, last_event_id=0, steps=()), seq=self._seq)
+        self._goals[goal.id] = record
+        self._by_workflow.setdefault(goal.workflow_id, []).append(goal.id)
+        event = self._append(record, transition)
+        assert event is not None
+        return event
+
+    async def commit(self, transition: Transition) -> Event | None:
+        record = self._record(transition.goal.id)
+        if transition.lease is not None and (
+            record.lease_owner != transition.lease or record.goal.done
+        ):
+            raise LeaseLost(f"lease on goal {record.goal.id!r} is no longer held")
+        if transition.version is not None and record.goal.last_event_id != transition.version:
+            raise GoalConflict(f"goal {record.goal.id!r} changed meanwhile")
+        return self._append(record, transition)
+
+    def _full(self, record: _Record, steps: bool = True) -> Goal:
+        if not steps:
+            return record.goal
+        return attrs.evolve(record.goal, steps=tuple(record.steps[i] for i in sorted(record.steps)))
+
+    async def get_goal(self, goal_id: str, *, steps: bool = True) -> Goal | None:
+        record = self._goals.get(goal_id)
+        return None if record is None else self._full(record, steps)
+
+    async def list_goals(
+        self,
+        *,
+        owner: str | None = None,
+        status: Status | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        matched = [
+            r.goal
+            for r in sorted(self._goals.values(), key=lambda r: r.seq, reverse=True)
+            if (owner is None or r.goal.owner == owner)
+            and (status is None or r.goal.status == status)
+            and (tag is None or tag in r.goal.tags)
+        ]
+        items = tuple(matched[offset : offset + limit])
+        return Page(items=items, total=len(matched), limit=limit, offset=offset)
+
+    async def goals_by_workflow(self, workflow_id: str) -> list[Goal]:
+        return [self._goals[i].goal for i in self._by_workflow.get(workflow_id, [])]
+
+    async def read_events(self, goal_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        record = self._goals.get(goal_id)
+        if record is None:
+            return []
+        # Event n sits at index n - 1: no gaps by construction.
+        return record.events[max(after, 0) : max(after, 0) + limit]
+
+    async def claim_goals(
+        self, owner: str, *, ttl: float, limit: int, exclude: Iterable[str] = ()
+    ) -> list[Goal]:
+        now = time.time()
+        skip = set(exclude)
+        claimed: list[Goal] = []
+        for record in sorted(self._goals.values(), key=lambda r: r.seq):
+            if len(claimed) >= limit:
+                break
+            if record.goal.done or record.goal.id in skip:
+                continue
+            if record.lease_owner is not None and record.lease_expires > now:
+                continue
+            record.lease_owner, record.lease_expires = owner, now + ttl
+            claimed.append(self._full(record))
+        return claimed
+
+    async def renew_leases(self, owner: str, goal_ids: Iterable[str], *, ttl: float) -> set[str]:
+        expires = time.time() + ttl
+        held = set()
+        for goal_id in goal_ids:
+            record = self._goals.get(goal_id)
+            if record is not None and record.lease_owner == owner:
+                record.lease_expires = expires
+                held.add(goal_id)
+        return held
+
+    async def release_leases(self, owner: str, goal_ids: Iterable[str]) -> None:
+        for goal_id in goal_ids:
+            record = self._goals.get(goal_id)
+            if record is not None and record.lease_owner == owner:
+                record.lease_owner, record.lease_expires = None, 0.0
+
+
+@hookimpl
+def goalkit_storage(url: str) -> Storage | None:
+    """Serve ``memory://`` (a fresh, private store per manager)."""
+    return MemoryStorage() if url == "memory://" else None
