@@ -178,9 +178,12 @@ class GoalManager:
         self._unfinished = list(self._running)
         self._engine.cancel_scope.cancel()
         try:
-            return await stack.__aexit__(exc_type, exc, tb)
+            # The body's own exception is not fed to the task groups: they would wrap it in
+            # an ExceptionGroup, and `except InvalidGoal` around the block would miss it.
+            await stack.aclose()
         finally:
             self._storage = self._engine = None
+        return None
 
     async def _release(self) -> None:
         # Runs after the engine stopped: hand unfinished goals back at once, so the next start

@@ -174,7 +174,12 @@ def fail(goal: Goal, error: ErrorInfo, now: int, *, lease: str | None) -> Transi
 
 
 def cancel(goal: Goal, now: int) -> Transition:
-    """Cancel from outside the engine: fenced by version, unfinished steps become cancelled."""
+    """Cancel from outside the engine: fenced by version, unfinished steps become cancelled.
+
+    `goal` must carry its steps (as `Storage.get_goal` returns it by default). The version
+    fence counts events, so a state-only write (`decomposing`) does not trip it; cancel
+    overwrites that phase anyway.
+    """
     steps = tuple(
         attrs.evolve(step, status="cancelled", completed_at=now)
         for step in goal.steps

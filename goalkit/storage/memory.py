@@ -7,6 +7,7 @@ middle, so on one event loop each is atomic, as a transaction would be.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
@@ -63,7 +64,8 @@ class MemoryStorage:
                 goal_id=record.goal.id,
                 workflow_id=record.goal.workflow_id,
                 ts=round(time.time(), 3),
-                data=transition.data,
+                # A JSON round trip, as SQLite does: the log never shares the caller's dict.
+                data=json.loads(json.dumps(transition.data)),
             )
             record.events.append(event)
             last = event.id
@@ -74,6 +76,8 @@ class MemoryStorage:
 
     async def create_goal(self, transition: Transition) -> Event:
         goal = transition.goal
+        if transition.event is None:
+            raise ValueError("create_goal needs a transition with an event (transitions.create)")
         if goal.id in self._goals:
             raise GoalConflict(f"goal {goal.id!r} already exists")
         self._seq += 1
@@ -81,7 +85,7 @@ class MemoryStorage:
         self._goals[goal.id] = record
         self._by_workflow.setdefault(goal.workflow_id, []).append(goal.id)
         event = self._append(record, transition)
-        assert event is not None
+        assert event is not None  # checked above
         return event
 
     async def commit(self, transition: Transition) -> Event | None:
@@ -119,6 +123,7 @@ class MemoryStorage:
             and (status is None or r.goal.status == status)
             and (tag is None or tag in r.goal.tags)
         ]
+        offset, limit = max(offset, 0), max(limit, 0)
         items = tuple(matched[offset : offset + limit])
         return Page(items=items, total=len(matched), limit=limit, offset=offset)
 

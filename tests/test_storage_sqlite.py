@@ -1,0 +1,531 @@
+"""What only the SQLite backend promises: durability, its URL, its schema, its threads."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from sqlite_utils import Database
+
+from goalkit import transitions
+from goalkit.errors import GoalkitError, LeaseLost, StorageError
+from goalkit.models import ErrorInfo, Event, Goal, StepSpec, new_goal_id, new_workflow_id
+from goalkit.storage import Storage
+from goalkit.storage.memory import MemoryStorage
+from goalkit.storage.sqlite import MIGRATIONS, SQLiteStorage, goalkit_storage
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_700_000_000
+
+
+def new_goal(*, owner: str = "alice", tags: tuple[str, ...] = ()) -> Goal:
+    return Goal(
+        id=new_goal_id(),
+        workflow_id=new_workflow_id(),
+        description="Write unit tests",
+        model="scripted",
+        mode="plan",
+        max_steps=10,
+        max_retries=2,
+        tags=tags,
+        owner=owner,
+        status="active",
+        phase="created",
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "goals.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStorage]:
+    storage = SQLiteStorage(db_path)
+    await storage.open()
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Record (thread id, SQL) of every statement run by connections opened from now on."""
+    seen: list[tuple[int, str]] = []
+    connect = sqlite3.connect
+
+    def tracing_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: seen.append((threading.get_ident(), sql)))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", tracing_connect)
+    return seen
+
+
+@pytest.fixture
+def raw(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain connection to the store's file, for looking behind the backend's back."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+async def start(store: Storage, lease: str = "m1", **fields: Any) -> Goal:
+    """Create a goal, lease it to `lease` and plan two steps; return it as stored."""
+    goal = new_goal(**fields)
+    await store.create_goal(transitions.create(goal))
+    (goal,) = await store.claim_goals(lease, ttl=60, limit=1, exclude=())
+    plan = (StepSpec("one"), StepSpec("two", "the second"))
+    await store.commit(transitions.decomposed(goal, plan, NOW + 1, lease=lease))
+    got = await store.get_goal(goal.id)
+    assert got is not None
+    return got
+
+
+def migration_names() -> list[str]:
+    """Every migration's name, oldest first (all are pending on an empty database)."""
+    return [m.name for m in MIGRATIONS.pending(Database(memory=True, execute_plugins=False))]
+
+
+def schema(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    return conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+    ).fetchall()
+
+
+class TestDurability:
+    async def test_data_survives_reopen(self, db_path: Path) -> None:
+        """Goals, steps, events and leases are all there after closing and reopening the file."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        goal = await start(store, tags=("qa",))
+        events = await store.read_events(goal.id)
+        await store.close()
+
+        again = SQLiteStorage(db_path)
+        await again.open()
+        try:
+            assert await again.get_goal(goal.id) == goal
+            assert await again.read_events(goal.id) == events
+            assert (await again.list_goals(tag="qa")).items == (attrs.evolve(goal, steps=()),)
+            assert await again.renew_leases("m1", [goal.id], ttl=60) == {goal.id}
+        finally:
+            await again.close()
+
+    async def test_reopen_same_object(self, db_path: Path) -> None:
+        """A closed store can be opened again and sees its data."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        goal = await start(store)
+        await store.close()
+        await store.close()  # closing twice is harmless
+        await store.open()
+        try:
+            assert await store.get_goal(goal.id) == goal
+        finally:
+            await store.close()
+
+
+class TestConnection:
+    async def test_wal_is_on(self, store: SQLiteStorage, raw: sqlite3.Connection) -> None:
+        """The file is in WAL mode, so readers never block the writer."""
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+    @pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+    async def test_pragmas_applied(
+        self, db_path: Path, traced: list[tuple[int, str]], synchronous: str
+    ) -> None:
+        """busy_timeout, synchronous (as chosen in the URL) and foreign keys are set on open."""
+        store = goalkit_storage(f"sqlite:///{db_path}?synchronous={synchronous.lower()}")
+        assert isinstance(store, SQLiteStorage)
+        await store.open()
+        await store.close()
+        statements = {sql for _, sql in traced}
+        assert f"PRAGMA synchronous = {synchronous}" in statements
+        assert "PRAGMA busy_timeout = 5000" in statements
+        assert "PRAGMA foreign_keys = ON" in statements
+
+    async def test_no_sql_on_event_loop_thread(
+        self, db_path: Path, traced: list[tuple[int, str]]
+    ) -> None:
+        """Every SQL statement, from open to close, runs off the event loop's thread."""
+        loop_thread = threading.get_ident()
+        store = SQLiteStorage(db_path)
+        await store.open()
+        goal = await start(store)
+        await store.list_goals(owner="alice")
+        await store.read_events(goal.id)
+        await store.release_leases("m1", [goal.id])
+        await store.close()
+        threads = {thread for thread, _ in traced}
+        assert len(traced) > 20
+        assert loop_thread not in threads
+
+    async def test_writes_begin_immediate(
+        self, traced: list[tuple[int, str]], db_path: Path
+    ) -> None:
+        """Commits take the write lock up front with BEGIN IMMEDIATE."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            traced.clear()
+            await start(store)
+        finally:
+            await store.close()
+        begins = [sql for _, sql in traced if sql.startswith("BEGIN")]
+        assert "BEGIN IMMEDIATE" in begins
+        assert "BEGIN" not in begins
+
+
+class TestMigrations:
+    async def test_version_recorded(self, store: SQLiteStorage, raw: sqlite3.Connection) -> None:
+        """Each applied migration is recorded once under the goalkit migration set."""
+        rows = raw.execute(
+            "SELECT migration_set, name FROM _sqlite_migrations ORDER BY id"
+        ).fetchall()
+        assert rows == [("goalkit", name) for name in migration_names()]
+        assert rows[0] == ("goalkit", "0001_initial")
+
+    async def test_migrating_again_is_a_no_op(self, db_path: Path, raw: sqlite3.Connection) -> None:
+        """Opening an up-to-date file changes neither its schema nor its migration record."""
+        for _ in range(2):
+            store = SQLiteStorage(db_path)
+            await store.open()
+            await store.close()
+        first = (schema(raw), raw.execute("SELECT * FROM _sqlite_migrations").fetchall())
+        store = SQLiteStorage(db_path)
+        await store.open()
+        await store.close()
+        assert (schema(raw), raw.execute("SELECT * FROM _sqlite_migrations").fetchall()) == first
+
+    async def test_fresh_schema_equals_migrated_schema(self, tmp_path: Path) -> None:
+        """A file migrated step by step ends with the same schema as a fresh one."""
+        stepwise, fresh = tmp_path / "stepwise.db", tmp_path / "fresh.db"
+        names = migration_names()
+        for stop in [*names[1:], None]:
+            # Open at each intermediate version the way an older release would have left it.
+            conn = sqlite3.connect(stepwise, isolation_level=None)
+            MIGRATIONS.apply(Database(conn, execute_plugins=False), stop_before=stop)
+            conn.close()
+        store = SQLiteStorage(stepwise)
+        await store.open()
+        await store.close()
+        store = SQLiteStorage(fresh)
+        await store.open()
+        await store.close()
+        with sqlite3.connect(stepwise) as a, sqlite3.connect(fresh) as b:
+            assert schema(a) == schema(b)
+            assert len(schema(a)) >= 8  # goals, goal_tags, steps, events, their indexes
+
+    async def test_concurrent_first_open_migrates_once(self, db_path: Path) -> None:
+        """Several stores opening one fresh file at the same time all succeed, migrating once."""
+        stores = [SQLiteStorage(db_path) for _ in range(4)]
+        async with anyio.create_task_group() as tg:
+            for s in stores:
+                tg.start_soon(s.open)
+        for s in stores:
+            await s.close()
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone() == (
+                len(migration_names()),
+            )
+
+
+class TestQueryPlans:
+    @pytest.mark.parametrize(
+        "call",
+        [
+            pytest.param(lambda s, g: s.get_goal(g.id), id="get"),
+            pytest.param(lambda s, g: s.list_goals(owner="alice"), id="owner"),
+            pytest.param(lambda s, g: s.list_goals(status="active"), id="status"),
+            pytest.param(lambda s, g: s.list_goals(tag="qa"), id="tag"),
+            pytest.param(lambda s, g: s.list_goals(owner="alice", status="active"), id="both"),
+            pytest.param(lambda s, g: s.list_goals(tag="qa", owner="bob"), id="tag+owner"),
+            pytest.param(lambda s, g: s.goals_by_workflow(g.workflow_id), id="workflow"),
+            pytest.param(lambda s, g: s.claim_goals("m2", ttl=1, limit=5), id="claim"),
+            pytest.param(lambda s, g: s.renew_leases("m1", [g.id], ttl=1), id="renew"),
+            pytest.param(lambda s, g: s.read_events(g.id, after=1), id="events"),
+            pytest.param(
+                lambda s, g: s.commit(transitions.step_started(g, g.steps[0], NOW, lease="m1")),
+                id="commit",
+            ),
+        ],
+    )
+    async def test_served_by_an_index(
+        self,
+        db_path: Path,
+        traced: list[tuple[int, str]],
+        raw: sqlite3.Connection,
+        call: Callable[[SQLiteStorage, Goal], Any],
+    ) -> None:
+        """Each lookup the engine and API make searches an index: no table scan, no sort."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            for owner in ("alice", "bob"):
+                for tags in [("qa",), ()]:
+                    await start(store, lease=f"m-{owner}-{len(tags)}", owner=owner, tags=tags)
+            goal = await start(store, tags=("qa",))
+            traced.clear()
+            await call(store, goal)
+        finally:
+            await store.close()
+        queries = [
+            sql for _, sql in traced if sql.split()[0].upper() in ("SELECT", "UPDATE", "INSERT")
+        ]
+        assert queries
+        for sql in queries:
+            plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            for step in plan:
+                assert not (step.startswith("SCAN") and "json_each" not in step), (sql, plan)
+                assert "TEMP B-TREE" not in step, (sql, plan)
+
+
+class TestUrl:
+    @pytest.mark.parametrize(
+        ("url", "path", "synchronous"),
+        [
+            ("sqlite:///goals.db", "goals.db", "NORMAL"),
+            ("sqlite:///data/goals.db", "data/goals.db", "NORMAL"),
+            ("sqlite:////var/lib/goals.db", "/var/lib/goals.db", "NORMAL"),
+            ("sqlite:///goals.db?synchronous=FULL", "goals.db", "FULL"),
+            ("sqlite:///goals.db?synchronous=normal", "goals.db", "NORMAL"),
+        ],
+    )
+    def test_serves_sqlite_urls(self, url: str, path: str, synchronous: str) -> None:
+        """Everything after ``sqlite:///`` is the path; the query may choose `synchronous`."""
+        store = goalkit_storage(url)
+        assert isinstance(store, SQLiteStorage)
+        assert (store.path, store.synchronous) == (path, synchronous)
+
+    @pytest.mark.parametrize("url", ["memory://", "postgresql://db/goals", "sqlitex:///a.db"])
+    def test_other_schemes_are_not_ours(self, url: str) -> None:
+        """URLs of other schemes get None, so the next plugin may answer."""
+        assert goalkit_storage(url) is None
+
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("sqlite://", "no file path"),
+            ("sqlite:///", "no file path"),
+            ("sqlite://goals.db", "no file path"),
+            ("sqlite:///goals.db?synchronous=OFF", "NORMAL or FULL"),
+            ("sqlite:///goals.db?journal=delete", "unknown option"),
+        ],
+    )
+    def test_bad_url_is_storage_error(self, url: str, message: str) -> None:
+        """A sqlite URL without a path or with a bad option is a StorageError saying why."""
+        with pytest.raises(StorageError, match=message):
+            goalkit_storage(url)
+
+
+class TestErrors:
+    async def test_missing_directory(self, tmp_path: Path) -> None:
+        """A file in a directory that does not exist fails to open with a StorageError."""
+        store = SQLiteStorage(tmp_path / "nope" / "goals.db")
+        with pytest.raises(StorageError, match="unable to open"):
+            await store.open()
+
+    async def test_not_a_database(self, tmp_path: Path) -> None:
+        """A file that is not SQLite fails to open with a StorageError, not a sqlite3 error."""
+        path = tmp_path / "goals.db"
+        path.write_bytes(b"this is not a database at all" * 100)
+        with pytest.raises(StorageError, match="not a database"):
+            await SQLiteStorage(path).open()
+
+    async def test_use_before_open(self, db_path: Path) -> None:
+        """Calling a closed store is a StorageError."""
+        with pytest.raises(StorageError, match="not open"):
+            await SQLiteStorage(db_path).get_goal("goal-x")
+
+    async def test_locked_database(self, db_path: Path, raw: sqlite3.Connection) -> None:
+        """A write blocked past busy_timeout by another connection is a StorageError."""
+        store = SQLiteStorage(db_path, busy_timeout=0.05)
+        await store.open()
+        try:
+            goal = new_goal()
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                with pytest.raises(StorageError, match="locked") as info:
+                    await store.create_goal(transitions.create(goal))
+                assert not isinstance(info.value.__cause__, GoalkitError)
+                assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+            finally:
+                raw.execute("ROLLBACK")
+            # The failed write left nothing behind and the store still works.
+            assert await store.get_goal(goal.id) is None
+            await store.create_goal(transitions.create(goal))
+        finally:
+            await store.close()
+
+    async def test_unserialisable_value(self, store: SQLiteStorage) -> None:
+        """A result that is not JSON is refused with a StorageError and nothing is written."""
+        goal = await start(store)
+        with pytest.raises(StorageError, match="JSON"):
+            await store.commit(transitions.complete(goal, object(), NOW, lease="m1"))
+        assert await store.get_goal(goal.id) == goal
+
+
+class TestConcurrency:
+    async def test_concurrent_commits_number_gaplessly(self, store: SQLiteStorage) -> None:
+        """Many tasks committing to one goal at once get events 1..n with no gap or repeat."""
+        goal = await start(store)
+        returned: list[Event] = []
+
+        async def commit() -> None:
+            event = await store.commit(
+                transitions.step_started(goal, goal.steps[0], NOW, lease="m1")
+            )
+            assert event is not None
+            returned.append(event)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(commit)
+        assert sorted(e.id for e in returned) == list(range(3, 53))
+        assert [e.id for e in await store.read_events(goal.id)] == list(range(1, 53))
+
+    async def test_two_stores_on_one_file(self, store: SQLiteStorage, db_path: Path) -> None:
+        """Two stores on one file (two processes) interleave commits without losing numbers."""
+        goal = await start(store)
+        other = SQLiteStorage(db_path)
+        await other.open()
+        try:
+
+            async def commit(target: SQLiteStorage) -> None:
+                for _ in range(20):
+                    await target.commit(
+                        transitions.step_started(goal, goal.steps[0], NOW, lease="m1")
+                    )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(commit, store)
+                tg.start_soon(commit, other)
+        finally:
+            await other.close()
+        assert [e.id for e in await store.read_events(goal.id)] == list(range(1, 43))
+
+    async def test_only_one_store_claims_a_goal(self, store: SQLiteStorage, db_path: Path) -> None:
+        """Stores racing to claim on one file never lease the same goal twice."""
+        for _ in range(30):
+            await store.create_goal(transitions.create(new_goal()))
+        others = [SQLiteStorage(db_path) for _ in range(3)]
+        for s in others:
+            await s.open()
+        claims: dict[str, list[str]] = {}
+
+        async def claim(name: str, target: SQLiteStorage) -> None:
+            claims[name] = []
+            for _ in range(10):
+                claims[name] += [g.id for g in await target.claim_goals(name, ttl=60, limit=2)]
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, s in enumerate([store, *others]):
+                    tg.start_soon(claim, f"m{i}", s)
+        finally:
+            for s in others:
+                await s.close()
+        every = [goal_id for ids in claims.values() for goal_id in ids]
+        assert len(every) == len(set(every)) == 30
+
+    async def test_cancelled_commit_is_all_or_nothing(self, store: SQLiteStorage) -> None:
+        """Cancelling callers mid-commit leaves each transition fully applied or not at all."""
+        goal = await start(store)
+        with anyio.move_on_after(0.02):
+            async with anyio.create_task_group() as tg:
+                for _ in range(200):
+                    tg.start_soon(
+                        store.commit,
+                        transitions.step_started(goal, goal.steps[0], NOW, lease="m1"),
+                    )
+        after = await store.get_goal(goal.id)
+        assert after is not None
+        events = await store.read_events(goal.id, limit=10_000)
+        assert [e.id for e in events] == list(range(1, after.last_event_id + 1))
+        # Each stored step_started event went with its step write; a later commit still works.
+        await store.commit(transitions.step_started(after, after.steps[0], NOW, lease="m1"))
+
+    async def test_close_in_cancelled_scope_still_closes(self, db_path: Path) -> None:
+        """Closing from a cancelled scope still closes the connection."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await store.close()
+        with pytest.raises(StorageError, match="not open"):
+            await store.get_goal("goal-x")
+
+
+class TestAgreesWithMemory:
+    async def test_same_operations_same_results(self, store: SQLiteStorage) -> None:
+        """The same sequence of writes reads back equal from SQLite and from memory."""
+        memory = MemoryStorage()
+        await memory.open()
+        first, second = new_goal(tags=("qa", "docs")), new_goal(owner="bob")
+        results: list[Any] = []
+        for backend in (memory, store):
+            for goal in (first, second):
+                await backend.create_goal(transitions.create(goal))
+            claimed = await backend.claim_goals("m1", ttl=60, limit=5)
+            plan = (StepSpec("one"), StepSpec("two", "the second"))
+            a = await _apply(backend, transitions.decomposed(claimed[0], plan, NOW, lease="m1"))
+            a = await _apply(backend, transitions.step_started(a, a.steps[0], NOW + 1, lease="m1"))
+            result = {"a": [1, 2.5, None, "é"], "b": {"c": True}}
+            a = await _apply(
+                backend, transitions.step_completed(a, a.steps[0], result, NOW + 2, lease="m1")
+            )
+            await backend.commit(transitions.cancel(a, NOW + 3))
+            await backend.commit(
+                transitions.fail(claimed[1], ErrorInfo("boom", "broke"), NOW + 4, lease="m1")
+            )
+            events = await backend.read_events(first.id)
+            results.append(
+                (
+                    claimed,
+                    await backend.get_goal(first.id),
+                    await backend.get_goal(second.id, steps=False),
+                    await backend.list_goals(),
+                    await backend.goals_by_workflow(second.workflow_id),
+                    [attrs.evolve(e, ts=0.0) for e in events],
+                )
+            )
+        assert results[0] == results[1]
+
+
+async def _apply(store: Storage, transition: transitions.Transition) -> Goal:
+    await store.commit(transition)
+    goal = await store.get_goal(transition.goal.id)
+    assert goal is not None
+    return goal
+
+
+class TestTrio:
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "trio"
+
+    async def test_works_on_trio(self, db_path: Path) -> None:
+        """The backend runs the same under trio."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            goal = await start(store)
+            with pytest.raises(LeaseLost):
+                await store.commit(transitions.decomposing(goal, NOW, lease="m2"))
+            assert [e.id for e in await store.read_events(goal.id)] == [1, 2]
+        finally:
+            await store.close()
