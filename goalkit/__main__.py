@@ -1,0 +1,5 @@
+"""``python -m goalkit``: the ``goalkit`` command."""
+
+from goalkit.cli import main
+
+raise SystemExit(main())
