@@ -13,8 +13,10 @@ __all__ = ["RetryPolicy", "will_retry"]
 def will_retry(attempts: int, max_retries: int) -> bool:
     """Whether a step that failed on attempt number `attempts` gets another attempt.
 
-    A step has at most ``1 + max_retries`` attempts. An attempt cut short by a crash counts
-    (SPEC §6: "its attempt counted"), so a process that keeps dying uses up retries too.
+    A step that keeps failing gets ``1 + max_retries`` attempts. An attempt cut short by a
+    crash counts (SPEC §6: "its attempt counted"), but the interrupted step is always run
+    again on resume; if that attempt fails, only the retries left are granted. A step that
+    kills its process every time is therefore not bounded here (a known gap: poison goals).
     """
     return attempts <= max_retries
 
