@@ -7,6 +7,7 @@ async with GoalManager("sqlite:///goals.db") as manager:
     goal = await manager.wait(goal.id)
 """
 
+from goalkit.engine import EventStream
 from goalkit.errors import (
     Forbidden,
     GoalConflict,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ErrorInfo",
     "Event",
+    "EventStream",
     "Forbidden",
     "Goal",
     "GoalConflict",

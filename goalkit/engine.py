@@ -16,20 +16,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from goalkit import transitions
+from goalkit.errors import GoalNotFound
 from goalkit.models import JSON, ErrorInfo, Event, Goal, Step, StepSpec, check_json, validate_plan
 from goalkit.plugins import resolve
 from goalkit.providers import ModelProvider
 from goalkit.retry import RetryPolicy, will_retry
+from goalkit.storage import Storage
 
-__all__ = ["Coordinator", "EventBus"]
+__all__ = ["Coordinator", "EventBus", "EventStream", "Inbox"]
 
 log = logging.getLogger("goalkit")
 
@@ -57,20 +60,18 @@ class EventBus:
         self._inboxes: dict[str, set[MemoryObjectSendStream[Event]]] = {}
         self._sinks: list[MemoryObjectSendStream[Event]] = []
 
-    @contextmanager
-    def subscribe(self, goal_id: str) -> Iterator[MemoryObjectReceiveStream[Event]]:
-        """Receive the events published for `goal_id` while the block runs."""
+    def subscribe(self, goal_id: str) -> Inbox:
+        """An inbox of the events published for `goal_id` from now on, until it is closed."""
         send, receive = anyio.create_memory_object_stream[Event](INBOX_SIZE)
-        inboxes = self._inboxes.setdefault(goal_id, set())
-        inboxes.add(send)
-        try:
-            yield receive
-        finally:
+        self._inboxes.setdefault(goal_id, set()).add(send)
+        return Inbox(self, goal_id, send, receive)
+
+    def _unsubscribe(self, goal_id: str, send: MemoryObjectSendStream[Event]) -> None:
+        inboxes = self._inboxes.get(goal_id)
+        if inboxes is not None:
             inboxes.discard(send)
             if not inboxes:
-                self._inboxes.pop(goal_id, None)
-            send.close()
-            receive.close()
+                del self._inboxes[goal_id]
 
     @property
     def subscriptions(self) -> int:
@@ -115,6 +116,123 @@ async def run_sink(
                     event.id,
                     event.goal_id,
                 )
+
+
+@attrs.define(eq=False)
+class Inbox:
+    """One subscription to the live events of a goal; `close` ends it (idempotent, sync)."""
+
+    bus: EventBus
+    goal_id: str
+    send: MemoryObjectSendStream[Event]
+    receive: MemoryObjectReceiveStream[Event]
+
+    def close(self) -> None:
+        self.bus._unsubscribe(self.goal_id, self.send)
+        self.send.close()
+        self.receive.close()
+
+    async def take(self, within: float) -> list[Event]:
+        """Events published since the last call, waiting up to `within` seconds for one."""
+        events: list[Event] = []
+        with anyio.move_on_after(within):
+            events.append(await self.receive.receive())
+        while True:
+            try:
+                events.append(self.receive.receive_nowait())
+            except anyio.WouldBlock:
+                return events
+
+
+class EventStream:
+    """The events of one goal after a given number: the stored ones, then live ones.
+
+    What `GoalManager.events` returns; use it with ``async for`` (optionally inside
+    ``async with``). Each event comes exactly once and in order, and iteration ends after the
+    terminal event, or at once when the goal has ended and nothing is left after `after`.
+    Storage is the source of truth: a live event that follows the last one directly is passed
+    on as published, anything else (a gap, or a quiet `poll_interval`, which is how events
+    written by other processes arrive) is read back from storage. The live subscription is
+    released as soon as the stream ends, is closed, or is dropped (``break`` out of the loop).
+    """
+
+    def __init__(
+        self, storage: Storage, bus: EventBus, goal_id: str, after: int, poll_interval: float
+    ) -> None:
+        self._storage = storage
+        self._bus = bus
+        self._goal_id = goal_id
+        self._last = after
+        self._poll = poll_interval
+        self._goal: Goal | None = None
+        self._inbox: Inbox | None = None
+        self._buffer: deque[Event] = deque()
+        self._ended = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the stream and release its subscription."""
+        self._ended = True
+        if self._inbox is not None:
+            self._inbox.close()
+            self._inbox = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    async def __anext__(self) -> Event:
+        while not self._buffer:
+            if self._ended:
+                raise StopAsyncIteration
+            await self._fill()
+        event = self._buffer.popleft()
+        self._last = event.id
+        if event.terminal:
+            self.close()
+        return event
+
+    async def _fill(self) -> None:
+        if self._goal is None:
+            self._goal = await self._storage.get_goal(self._goal_id, steps=False)
+            if self._goal is None:
+                self.close()
+                raise GoalNotFound(self._goal_id)
+            # Subscribe before the first read, so nothing published in between is missed.
+            self._inbox = self._bus.subscribe(self._goal_id)
+        batch = await self._storage.read_events(self._goal_id, after=self._last)
+        if batch:
+            self._buffer.extend(batch)
+            return
+        if self._goal.done:
+            self.close()  # it has ended and nothing is left after `after`
+            return
+        assert self._inbox is not None
+        live = await self._inbox.take(self._poll)
+        expected = self._last + 1
+        for event in live:
+            if event.id < expected:
+                if event.terminal:
+                    self.close()  # `after` was past the end of the log
+                    return
+                continue
+            if event.id != expected:
+                break  # a gap: the next storage read fills it
+            self._buffer.append(event)
+            expected += 1
+        if not live:
+            # Quiet: the goal may have ended in another process.
+            self._goal = await self._storage.get_goal(self._goal_id, steps=False) or self._goal
 
 
 class _GoalFailed(Exception):
@@ -182,11 +300,14 @@ class Coordinator:
         while True:
             attempt += 1
             try:
-                with anyio.fail_after(self.step_timeout):
+                with anyio.move_on_after(self.step_timeout) as scope:
                     answer = await self.provider.plan(self.goal, self.goal.max_steps)
-                return validate_plan(answer, self.goal.max_steps)
-            except TimeoutError:
-                error = ErrorInfo("plan_timeout", f"planning timed out after {self.step_timeout}s")
+                if scope.cancelled_caught:
+                    error = ErrorInfo(
+                        "plan_timeout", f"planning timed out after {self.step_timeout}s"
+                    )
+                else:
+                    return validate_plan(answer, self.goal.max_steps)
             except ValueError as exc:
                 error = ErrorInfo("invalid_plan", str(exc))
             except Exception as exc:
@@ -205,15 +326,20 @@ class Coordinator:
             transition = transitions.step_started(self.goal, step, now(), lease=self.lease)
             step = transition.steps[0]
             await self._apply(transition)
+            error: ErrorInfo | None = None
+            result: JSON = None
             try:
-                with anyio.fail_after(self.step_timeout):
-                    result: JSON = await self.provider.run_step(self.goal, step, previous)
-                check_json(result)
-            except TimeoutError:
-                error = ErrorInfo("step_timeout", f"step timed out after {self.step_timeout}s")
+                # move_on_after, not fail_after: a TimeoutError the provider raises itself
+                # (a socket timeout) is a step error, not our step_timeout.
+                with anyio.move_on_after(self.step_timeout) as scope:
+                    result = await self.provider.run_step(self.goal, step, previous)
+                if scope.cancelled_caught:
+                    error = ErrorInfo("step_timeout", f"step timed out after {self.step_timeout}s")
+                else:
+                    check_json(result)
             except Exception as exc:
                 error = ErrorInfo("step_error", describe(exc))
-            else:
+            if error is None:
                 transition = transitions.step_completed(
                     self.goal, step, result, now(), lease=self.lease
                 )

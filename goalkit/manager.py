@@ -13,7 +13,7 @@ import builtins
 import logging
 import secrets
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -24,8 +24,15 @@ import pluggy
 from anyio.abc import TaskGroup
 
 from goalkit import transitions
-from goalkit.engine import Coordinator, EventBus, now, run_sink
-from goalkit.errors import GoalConflict, GoalNotFound, InvalidGoal, LeaseLost, StorageError
+from goalkit.engine import Coordinator, EventBus, EventStream, now, run_sink
+from goalkit.errors import (
+    GoalConflict,
+    GoalNotFound,
+    InvalidGoal,
+    LeaseLost,
+    PluginError,
+    StorageError,
+)
 from goalkit.models import (
     STATUSES,
     ErrorInfo,
@@ -106,12 +113,16 @@ class GoalManager:
         self.poll_interval = (
             poll_interval if poll_interval is not None else min(1.0, lease_ttl / 10)
         )
+        # How long a coordinator may go on after its lease was last secured: short of the
+        # lease itself by a tenth, for the drift between this clock and the store's.
+        self._lease_margin = lease_ttl * 0.9
         self._plugins = tuple(plugins)
         self._entry_points = entry_points
         # A lease owner name unique to this manager instance: the fence token of its writes.
         self.owner_id = f"mgr-{secrets.token_hex(6)}"
         self._bus = EventBus()
         self._running: dict[str, anyio.CancelScope] = {}
+        self._cooldown: dict[str, float] = {}
         self._providers: dict[str, ModelProvider] = {}
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
         self._wake = anyio.Event()
@@ -148,6 +159,10 @@ class GoalManager:
         storage = self.plugin_manager.hook.goalkit_storage(url=self.url)
         if storage is None:
             raise StorageError(f"no storage plugin serves the URL {self.url!r}")
+        if not isinstance(storage, Storage):
+            raise PluginError(
+                f"goalkit_storage returned {storage!r} for {self.url!r}, not a Storage"
+            )
         async with AsyncExitStack() as stack:
             await storage.open()
             stack.push_async_callback(storage.close)
@@ -212,15 +227,19 @@ class GoalManager:
             self._wake = anyio.Event()
             free = self.max_concurrent - len(self._running)
             if free > 0:
+                secured = anyio.current_time()
                 try:
                     goals = await self.storage.claim_goals(
-                        self.owner_id, ttl=self.lease_ttl, limit=free, exclude=self._running
+                        self.owner_id, ttl=self.lease_ttl, limit=free, exclude=self._excluded()
                     )
                 except StorageError as exc:
                     log.warning("claiming goals failed, trying again: %s", exc)
                     goals = []
                 for goal in goals:
-                    scope = anyio.CancelScope()
+                    # The scope's deadline is this process's view of the lease: should
+                    # renewals fail, the coordinator stops before another manager may
+                    # claim the goal, so two never run it at once.
+                    scope = anyio.CancelScope(deadline=secured + self._lease_margin)
                     self._running[goal.id] = scope
                     assert self._engine is not None
                     self._engine.start_soon(
@@ -235,14 +254,19 @@ class GoalManager:
             ids = list(self._running)
             if not ids:
                 continue
+            secured = anyio.current_time()
             try:
                 held = await self.storage.renew_leases(self.owner_id, ids, ttl=self.lease_ttl)
             except StorageError as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue
-            for goal_id in set(ids) - held:
+            for goal_id in ids:
                 scope = self._running.get(goal_id)
-                if scope is not None:
+                if scope is None:
+                    continue
+                if goal_id in held:
+                    scope.deadline = secured + self._lease_margin
+                else:
                     log.warning("lost the lease of goal %s; stopping its coordinator", goal_id)
                     scope.cancel()
 
@@ -278,8 +302,20 @@ class GoalManager:
                 "goal %s: coordinator crashed; it resumes after its lease expires", goal.id
             )
         finally:
+            if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+                # Our lease may be gone: leave the goal to other managers for a lease's time
+                # rather than win it straight back with the store that failed us.
+                log.warning("goal %s: lease not renewed in time; coordinator stopped", goal.id)
+                self._cooldown[goal.id] = anyio.current_time() + self.lease_ttl
             self._running.pop(goal.id, None)
             self._wake.set()
+
+    def _excluded(self) -> set[str]:
+        """Goals the scheduler must not claim: those running here, and those cooling down."""
+        clock = anyio.current_time()
+        for goal_id in [g for g, until in self._cooldown.items() if until <= clock]:
+            del self._cooldown[goal_id]
+        return set(self._running) | set(self._cooldown)
 
     def _lock(self, goal_id: str) -> anyio.Lock:
         lock = self._locks.get(goal_id)
@@ -306,6 +342,11 @@ class GoalManager:
                 raise InvalidGoal(
                     f"no model provider serves {model!r} (installed providers: see 'goalkit plugins')",
                     field="model",
+                )
+            if not isinstance(provider, ModelProvider):
+                raise PluginError(
+                    f"goalkit_model_provider returned {provider!r} for {model!r}, "
+                    "not a ModelProvider"
                 )
             self._providers[model] = provider
         return provider
@@ -406,53 +447,25 @@ class GoalManager:
             scope.cancel()
         return await self.get(goal.id)
 
-    async def events(self, goal_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+    def events(self, goal_id: str, *, after: int = 0) -> EventStream:
         """The goal's events numbered above `after`: stored ones, then live ones.
 
-        Each event comes exactly once and in order; the iteration ends after the terminal
-        event (at once when the goal has ended and `after` is past its last event).
+        Use with ``async for``. Each event comes exactly once and in order; the iteration
+        ends after the terminal event (at once when the goal has ended and `after` is past
+        its last event). Raises `GoalNotFound` on the first iteration for an unknown goal.
         """
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidGoal("must be an integer of at least 0", field="after")
-        goal = await self.get(goal_id)
-        last = after
-        with self._bus.subscribe(goal.id) as inbox:
-            while True:
-                batch = await self.storage.read_events(goal.id, after=last)
-                for event in batch:
-                    yield event
-                    last = event.id
-                    if event.terminal:
-                        return
-                if batch:
-                    continue
-                if goal.done:
-                    return  # it had ended before we started, and nothing is left after `after`
-                # Wait for a live event; one that follows on directly needs no storage read.
-                live: list[Event] = []
-                with anyio.move_on_after(self.poll_interval):
-                    live.append(await inbox.receive())
-                while True:
-                    try:
-                        live.append(inbox.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                for event in live:
-                    if event.id <= last:
-                        continue
-                    if event.id != last + 1:
-                        break  # a gap: the next storage read fills it
-                    yield event
-                    last = event.id
-                    if event.terminal:
-                        return
+        return EventStream(self.storage, self._bus, _goal_id(goal_id), after, self.poll_interval)
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""
+        goal = await self.get(goal_id)
+        if goal.done:
+            return goal
         with anyio.fail_after(timeout):
-            goal = await self.get(goal_id)
-            if not goal.done:
-                async for _ in self.events(goal.id, after=goal.last_event_id):
+            async with self.events(goal.id, after=goal.last_event_id) as stream:
+                async for _ in stream:
                     pass
         return await self.get(goal_id)
 

@@ -327,7 +327,9 @@ def validate_plan(plan: object, max_steps: int) -> tuple[StepSpec, ...]:
             item = StepSpec(title=item)
         if not isinstance(item, StepSpec):
             raise ValueError(f"plan step {i} is a {type(item).__name__}, not a str or StepSpec")
-        if not isinstance(item.title, str) or not item.title.strip():
+        if not isinstance(item.title, str):
+            raise ValueError(f"plan step {i} has a title that is not a string")
+        if not item.title.strip():
             raise ValueError(f"plan step {i} has an empty title")
         if item.description is not None and not isinstance(item.description, str):
             raise ValueError(f"plan step {i} has a description that is not a string")
