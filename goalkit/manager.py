@@ -10,6 +10,8 @@ per running goal. Every write goes through `_commit`, which stores first and pub
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import logging
 import secrets
 import weakref
@@ -38,12 +40,14 @@ from goalkit.models import (
     ErrorInfo,
     Event,
     Goal,
+    GoalSpec,
     Page,
+    Principal,
     new_goal_id,
     new_workflow_id,
     validate_goal_spec,
 )
-from goalkit.plugins import implementations, make_plugin_manager
+from goalkit.plugins import implementations, make_plugin_manager, resolve
 from goalkit.providers import ModelProvider
 from goalkit.retry import RetryPolicy
 from goalkit.storage import Storage
@@ -53,6 +57,7 @@ __all__ = ["GoalManager"]
 log = logging.getLogger("goalkit")
 
 MAX_LIMIT = 500
+MAX_IDEMPOTENCY_KEY = 255
 SINK_DRAIN_SECONDS = 5.0
 
 
@@ -147,6 +152,11 @@ class GoalManager:
         if self._storage is None:
             raise RuntimeError("GoalManager is not open: use 'async with GoalManager(...)'")
         return self._storage
+
+    @property
+    def is_open(self) -> bool:
+        """True between entering and leaving the manager."""
+        return self._storage is not None
 
     @property
     def running(self) -> frozenset[str]:
@@ -363,8 +373,14 @@ class GoalManager:
         max_retries: int | None = None,
         tags: Iterable[str] = (),
         owner: str = "local",
+        idempotency_key: str | None = None,
     ) -> Goal:
-        """Store a new goal and start it; raises `InvalidGoal` naming the field at fault."""
+        """Store a new goal and start it; raises `InvalidGoal` naming the field at fault.
+
+        With an `idempotency_key`, a repeated call by the same owner with the same key returns
+        the goal the first call created (even when both race), and one with the same key but
+        different fields raises `GoalConflict`.
+        """
         spec = validate_goal_spec(
             description=description,
             model=self.default_model if model is None else model,
@@ -375,6 +391,14 @@ class GoalManager:
             owner=owner,
         )
         self._provider(spec.model)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+            or not idempotency_key.isprintable()
+        ):
+            raise InvalidGoal(
+                f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", field="idempotency_key"
+            )
         stamp = now()
         goal = Goal(
             id=new_goal_id(),
@@ -393,10 +417,35 @@ class GoalManager:
         )
         async with self._lock(goal.id):
             with anyio.CancelScope(shield=True):
-                event = await self.storage.create_goal(transitions.create(goal))
-                self._bus.publish(event)
+                if idempotency_key is None:
+                    event = await self.storage.create_goal(transitions.create(goal))
+                else:
+                    event = await self.storage.create_goal(
+                        transitions.create(goal),
+                        idempotency_key=idempotency_key,
+                        fingerprint=_fingerprint(spec),
+                    )
+                if event.goal_id == goal.id:
+                    self._bus.publish(event)
+        if event.goal_id != goal.id:  # the key was used before: that goal is the answer
+            return await self.get(event.goal_id)
         self._wake.set()
         return attrs.evolve(goal, last_event_id=event.id)
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The `Principal` a bearer token stands for, from the `goalkit_authenticate` hooks.
+
+        Implementations are asked in hook order and each answer is awaited before the next
+        is asked; the first that is not None wins.
+        """
+        for name, call in implementations(self.plugin_manager, "goalkit_authenticate"):
+            principal = await resolve(call(token=token))
+            if principal is None:
+                continue
+            if not isinstance(principal, Principal):
+                raise PluginError(f"goalkit_authenticate of {name} returned {principal!r}")
+            return principal
+        return None
 
     async def get(self, goal_id: str) -> Goal:
         """The goal with its steps; raises `GoalNotFound`."""
@@ -468,6 +517,12 @@ class GoalManager:
                 async for _ in stream:
                     pass
         return await self.get(goal_id)
+
+
+def _fingerprint(spec: GoalSpec) -> str:
+    """A digest of a creation request, to tell a retried request from a different one."""
+    text = json.dumps(attrs.asdict(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _goal_id(goal_id: Any) -> str:

@@ -16,7 +16,7 @@ import attrs
 import pytest
 
 import goalkit
-from goalkit import GoalManager, GoalNotFound, InvalidGoal, StepSpec
+from goalkit import GoalConflict, GoalManager, GoalNotFound, InvalidGoal, StepSpec
 from goalkit.models import Event, Goal, Step
 from goalkit.testing import EventRecorder, QueueProvider
 
@@ -515,3 +515,31 @@ class TestManagerIsolation:
             scripted = await second.wait((await second.create("Write a poem.")).id)
         assert scripted.status == "completed"
         assert {e.goal_id for e in recorder.events} == {goal.id}
+
+
+class TestIdempotentCreate:
+    """`create(idempotency_key=...)` turns a retried request into the original goal."""
+
+    async def test_same_key_same_fields_returns_the_original_goal(self, url: str) -> None:
+        """Repeating a create with its key stores nothing new and returns the first goal."""
+        async with manager_for(url) as manager:
+            first = await manager.create("Write tests", idempotency_key="req-1", owner="alice")
+            again = await manager.create("Write tests", idempotency_key="req-1", owner="alice")
+            assert again.id == first.id
+            assert (await manager.list()).total == 1
+
+    async def test_same_key_other_fields_is_a_conflict(self, url: str) -> None:
+        """A key reused for a different request is a GoalConflict naming the key."""
+        async with manager_for(url) as manager:
+            await manager.create("Write tests", idempotency_key="req-1")
+            with pytest.raises(GoalConflict, match="Idempotency-Key"):
+                await manager.create("Write docs", idempotency_key="req-1")
+            assert (await manager.list()).total == 1
+
+    @pytest.mark.parametrize("key", ["", "x" * 256, "bad\nkey"])
+    async def test_a_malformed_key_is_refused(self, url: str, key: str) -> None:
+        """Empty, over-long or unprintable keys are an InvalidGoal naming the field."""
+        async with manager_for(url) as manager:
+            with pytest.raises(InvalidGoal) as caught:
+                await manager.create("Write tests", idempotency_key=key)
+            assert caught.value.field == "idempotency_key"

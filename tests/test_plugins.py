@@ -477,3 +477,42 @@ class TestHookCoverage:
             if line not in docs:
                 missing.append(line)
         assert missing == []
+
+
+class TestManagerAuthenticate:
+    """`GoalManager.authenticate` asks the goalkit_authenticate hooks in order."""
+
+    async def test_first_non_none_answer_wins_and_awaitables_are_awaited(self) -> None:
+        """A sync None, then an async answer: the async one is the principal."""
+        from goalkit import GoalManager, Principal, hookimpl
+
+        asked: list[str] = []
+
+        class Nobody:
+            @hookimpl
+            def goalkit_authenticate(self, token: str) -> None:
+                asked.append("nobody")
+
+        class Tokens:
+            @hookimpl
+            async def goalkit_authenticate(self, token: str) -> Principal | None:
+                asked.append("tokens")
+                return Principal("alice") if token == "t-alice" else None
+
+        async with GoalManager("memory://", plugins=[Tokens(), Nobody()]) as manager:
+            assert await manager.authenticate("t-alice") == Principal("alice")
+            assert await manager.authenticate("wrong") is None
+        assert asked == ["nobody", "tokens", "nobody", "tokens"]
+
+    async def test_an_answer_that_is_not_a_principal_is_a_plugin_error(self) -> None:
+        """A plugin returning garbage gets a clear PluginError, not a silent pass."""
+        from goalkit import GoalManager, PluginError, hookimpl
+
+        class Garbage:
+            @hookimpl
+            def goalkit_authenticate(self, token: str) -> str:
+                return "alice"
+
+        async with GoalManager("memory://", plugins=[Garbage()]) as manager:
+            with pytest.raises(PluginError, match="goalkit_authenticate"):
+                await manager.authenticate("x")

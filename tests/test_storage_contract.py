@@ -438,3 +438,54 @@ class TestLeases:
         await store.release_leases("m2", [goal.id])
         assert await store.claim_goals("m2", ttl=60, limit=1) == []
         assert await store.renew_leases("m1", [goal.id], ttl=60) == {goal.id}
+
+
+class TestIdempotencyKeys:
+    """A key used twice by one owner maps to one goal; its fingerprint must match."""
+
+    async def test_repeated_key_returns_the_first_goals_created_event(self, store: Storage) -> None:
+        """The second create writes nothing and answers with event 1 of the first goal."""
+        first, second = new_goal(), new_goal()
+        event = await store.create_goal(
+            transitions.create(first), idempotency_key="k", fingerprint="f"
+        )
+        again = await store.create_goal(
+            transitions.create(second), idempotency_key="k", fingerprint="f"
+        )
+        assert (again.goal_id, again.id, again.type) == (first.id, 1, "goal.created")
+        assert again == event
+        assert await store.get_goal(second.id) is None
+        assert (await store.list_goals()).total == 1
+
+    async def test_same_key_with_another_fingerprint_conflicts(self, store: Storage) -> None:
+        """Reusing a key for a different request is a GoalConflict, and nothing is written."""
+        await store.create_goal(
+            transitions.create(new_goal()), idempotency_key="k", fingerprint="f"
+        )
+        other = new_goal()
+        with pytest.raises(GoalConflict, match="Idempotency-Key"):
+            await store.create_goal(transitions.create(other), idempotency_key="k", fingerprint="g")
+        assert await store.get_goal(other.id) is None
+
+    async def test_keys_belong_to_their_owner(self, store: Storage) -> None:
+        """Two owners using the same key get a goal each."""
+        alice, bob = new_goal(owner="alice"), new_goal(owner="bob")
+        a = await store.create_goal(transitions.create(alice), idempotency_key="k", fingerprint="f")
+        b = await store.create_goal(transitions.create(bob), idempotency_key="k", fingerprint="f")
+        assert (a.goal_id, b.goal_id) == (alice.id, bob.id)
+
+    async def test_concurrent_creates_with_one_key_make_one_goal(self, store: Storage) -> None:
+        """Ten racing creates with one key store exactly one goal, and all see it."""
+        answers: list[str] = []
+
+        async def one() -> None:
+            event = await store.create_goal(
+                transitions.create(new_goal()), idempotency_key="race", fingerprint="f"
+            )
+            answers.append(event.goal_id)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+        assert len(set(answers)) == 1
+        assert (await store.list_goals()).total == 1

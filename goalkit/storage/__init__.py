@@ -15,7 +15,10 @@ from typing import Protocol, runtime_checkable
 from goalkit.models import Event, Goal, Page, Status
 from goalkit.transitions import Transition
 
-__all__ = ["Storage"]
+__all__ = ["KEY_REUSED", "Storage"]
+
+KEY_REUSED = "this Idempotency-Key was already used with a different request"
+"""The message of the `GoalConflict` every backend raises for a reused idempotency key."""
 
 
 @runtime_checkable
@@ -40,8 +43,16 @@ class Storage(Protocol):
     async def close(self) -> None:
         """Release connections; the store stays as it is on disk."""
 
-    async def create_goal(self, transition: Transition) -> Event:
-        """Insert a new goal (`transitions.create`) and return its `goal.created` event."""
+    async def create_goal(
+        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> Event:
+        """Insert a new goal (`transitions.create`) and return its `goal.created` event.
+
+        With an `idempotency_key`, the key is stored for the goal's owner in the same
+        transaction. If that owner already used the key, nothing is written and the
+        `goal.created` event of the earlier goal is returned instead (its `goal_id` tells the
+        caller); `GoalConflict` if the earlier request had another `fingerprint`.
+        """
 
     async def commit(self, transition: Transition) -> Event | None:
         """Apply one transition atomically; return its event (None when it has none)."""

@@ -16,7 +16,7 @@ import attrs
 from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost
 from goalkit.hookspecs import hookimpl
 from goalkit.models import Event, Goal, Page, Status, Step
-from goalkit.storage import Storage
+from goalkit.storage import KEY_REUSED, Storage
 from goalkit.transitions import Transition
 
 __all__ = ["MemoryStorage"]
@@ -38,6 +38,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._goals: dict[str, _Record] = {}
         self._by_workflow: dict[str, list[str]] = {}
+        self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self._seq = 0
 
     async def open(self) -> None:
@@ -74,12 +75,22 @@ class MemoryStorage:
             record.lease_owner, record.lease_expires = None, 0.0
         return event
 
-    async def create_goal(self, transition: Transition) -> Event:
+    async def create_goal(
+        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> Event:
         goal = transition.goal
         if transition.event is None:
             raise ValueError("create_goal needs a transition with an event (transitions.create)")
         if goal.id in self._goals:
             raise GoalConflict(f"goal {goal.id!r} already exists")
+        if idempotency_key is not None:
+            key = (goal.owner, idempotency_key)
+            earlier = self._idempotency.get(key)
+            if earlier is not None:
+                if earlier[1] != fingerprint:
+                    raise GoalConflict(KEY_REUSED)
+                return self._goals[earlier[0]].events[0]
+            self._idempotency[key] = (goal.id, fingerprint)
         self._seq += 1
         record = _Record(goal=attrs.evolve(goal, last_event_id=0, steps=()), seq=self._seq)
         self._goals[goal.id] = record

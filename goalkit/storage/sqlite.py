@@ -40,7 +40,7 @@ from sqlite_utils.migrations import Migrations
 from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost, StorageError
 from goalkit.hookspecs import hookimpl
 from goalkit.models import JSON, ErrorInfo, Event, Goal, Page, Status, Step
-from goalkit.storage import Storage
+from goalkit.storage import KEY_REUSED, Storage
 from goalkit.transitions import Transition
 
 __all__ = ["MIGRATIONS", "SQLiteStorage"]
@@ -115,6 +115,20 @@ def _initial(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@MIGRATIONS(name="0002_idempotency_keys")
+def _idempotency_keys(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE idempotency_keys (
+            owner TEXT NOT NULL,
+            key TEXT NOT NULL,
+            goal_id TEXT NOT NULL REFERENCES goals (id),
+            fingerprint TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (owner, key)
+        ) WITHOUT ROWID"""
+    )
 
 
 _GOAL_FIELDS = [
@@ -352,7 +366,9 @@ class SQLiteStorage:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._disconnect, limiter=self._limiter)
 
-    async def create_goal(self, transition: Transition) -> Event:
+    async def create_goal(
+        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> Event:
         goal = transition.goal
         if transition.event is None:
             raise StorageError("create_goal needs a transition with an event (transitions.create)")
@@ -381,9 +397,25 @@ class SQLiteStorage:
         def work(db: Database) -> Event:
             conn = db.conn
             with _transaction(conn):
+                if idempotency_key is not None:
+                    earlier = conn.execute(
+                        "SELECT goal_id, fingerprint FROM idempotency_keys "
+                        "WHERE owner = ? AND key = ?",
+                        (goal.owner, idempotency_key),
+                    ).fetchone()
+                    if earlier is not None:
+                        if earlier[1] != fingerprint:
+                            raise GoalConflict(KEY_REUSED)
+                        return self._first_event(conn, earlier[0])
                 cursor = conn.execute(_INSERT_GOAL, row)
                 if cursor.rowcount == 0:
                     raise GoalConflict(f"goal {goal.id!r} already exists")
+                if idempotency_key is not None:
+                    conn.execute(
+                        "INSERT INTO idempotency_keys (owner, key, goal_id, fingerprint, "
+                        "created_at) VALUES (?, ?, ?, ?, ?)",
+                        (goal.owner, idempotency_key, goal.id, fingerprint, goal.created_at),
+                    )
                 seq = cursor.lastrowid
                 assert seq is not None
                 conn.executemany(
@@ -538,6 +570,22 @@ class SQLiteStorage:
             return [_goal(row) for row in db.query(sql, [workflow_id])]
 
         return await self._run(work)
+
+    @staticmethod
+    def _first_event(conn: sqlite3.Connection, goal_id: str) -> Event:
+        row = conn.execute(
+            "SELECT e.type, e.ts, e.data, g.workflow_id FROM events e "
+            "JOIN goals g ON g.id = e.goal_id WHERE e.goal_id = ? AND e.id = 1",
+            (goal_id,),
+        ).fetchone()
+        return Event(
+            id=1,
+            type=row[0],
+            goal_id=goal_id,
+            workflow_id=row[3],
+            ts=row[1],
+            data=json.loads(row[2]),
+        )
 
     async def read_events(self, goal_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         def work(db: Database) -> list[Event]:
