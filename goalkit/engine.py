@@ -13,12 +13,14 @@ sink, so a slow or failing sink delays nobody else).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 
 import anyio
 import attrs
@@ -97,17 +99,29 @@ class EventBus:
             with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 send.send_nowait(event)
         for send in self._sinks:
-            send.send_nowait(event)
+            try:
+                send.send_nowait(event)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.error(
+                    "event sink queue is gone; %s #%d not delivered to it", event.type, event.id
+                )
 
 
 async def run_sink(
     name: str, call: Callable[..., object], queue: MemoryObjectReceiveStream[Event]
 ) -> None:
     """Feed one `goalkit_event` implementation from its queue, logging its failures."""
+    # A synchronous sink runs in a worker thread, so one that blocks (a webhook through a
+    # sync HTTP client) stalls only its own queue, never the event loop.
+    blocking = not inspect.iscoroutinefunction(call)
     async with queue:
         async for event in queue:
             try:
-                await resolve(call(event=event))
+                if blocking:
+                    answer = await anyio.to_thread.run_sync(partial(call, event=event))
+                else:
+                    answer = call(event=event)
+                await resolve(answer)
             except Exception:
                 log.exception(
                     "event sink %s failed on %s #%d of %s",
@@ -168,6 +182,7 @@ class EventStream:
         self._inbox: Inbox | None = None
         self._buffer: deque[Event] = deque()
         self._ended = False
+        self._read_storage = True
 
     def __aiter__(self) -> EventStream:
         return self
@@ -184,6 +199,7 @@ class EventStream:
     def close(self) -> None:
         """End the stream and release its subscription."""
         self._ended = True
+        self._buffer.clear()
         if self._inbox is not None:
             self._inbox.close()
             self._inbox = None
@@ -210,16 +226,19 @@ class EventStream:
                 raise GoalNotFound(self._goal_id)
             # Subscribe before the first read, so nothing published in between is missed.
             self._inbox = self._bus.subscribe(self._goal_id)
-        batch = await self._storage.read_events(self._goal_id, after=self._last)
-        if batch:
-            self._buffer.extend(batch)
-            return
-        if self._goal.done:
-            self.close()  # it has ended and nothing is left after `after`
-            return
+        if self._read_storage:
+            batch = await self._storage.read_events(self._goal_id, after=self._last)
+            if batch:
+                self._buffer.extend(batch)
+                return
+            if self._goal.done:
+                self.close()  # it has ended and nothing is left after `after`
+                return
         assert self._inbox is not None
         live = await self._inbox.take(self._poll)
         expected = self._last + 1
+        # Storage is read again unless live events follow on without a gap.
+        self._read_storage = True
         for event in live:
             if event.id < expected:
                 if event.terminal:
@@ -230,6 +249,8 @@ class EventStream:
                 break  # a gap: the next storage read fills it
             self._buffer.append(event)
             expected += 1
+        else:
+            self._read_storage = not self._buffer
         if not live:
             # Quiet: the goal may have ended in another process.
             self._goal = await self._storage.get_goal(self._goal_id, steps=False) or self._goal
@@ -264,6 +285,15 @@ class Coordinator:
             steps = list(self.goal.steps)
             if self.goal.phase in ("created", "decomposing"):
                 steps = await self._decompose()
+            failed = next((s for s in steps if s.status == "failed"), None)
+            if failed is not None:
+                # A crash fell between the step's final failure and the goal's: finish that.
+                message = failed.error.message if failed.error else "no error recorded"
+                await self._fail(
+                    "step_failed",
+                    f"step {failed.index} ({failed.title!r}) failed after "
+                    f"{failed.attempts} attempt(s): {message}",
+                )
             previous: list[Step] = [s for s in steps if s.status == "completed"]
             for step in steps:
                 if step.status == "completed":
@@ -282,9 +312,9 @@ class Coordinator:
         raise _GoalFailed
 
     async def _decompose(self) -> list[Step]:
-        goal = self.goal
-        if goal.phase == "created":
-            goal = await self._apply(transitions.decomposing(goal, now(), lease=self.lease))
+        # Always a fenced write before `plan`: a goal cancelled while it was being claimed
+        # (or resumed) gets no provider call at all.
+        goal = await self._apply(transitions.decomposing(self.goal, now(), lease=self.lease))
         if goal.mode == "direct":
             plan: tuple[StepSpec, ...] = (
                 StepSpec(title=goal.description[:200], description=goal.description),
@@ -299,19 +329,22 @@ class Coordinator:
         attempt = 0
         while True:
             attempt += 1
+            answer: object = None
             try:
                 with anyio.move_on_after(self.step_timeout) as scope:
                     answer = await self.provider.plan(self.goal, self.goal.max_steps)
+            except Exception as exc:
+                error = ErrorInfo("plan_failed", describe(exc))
+            else:
                 if scope.cancelled_caught:
                     error = ErrorInfo(
                         "plan_timeout", f"planning timed out after {self.step_timeout}s"
                     )
                 else:
-                    return validate_plan(answer, self.goal.max_steps)
-            except ValueError as exc:
-                error = ErrorInfo("invalid_plan", str(exc))
-            except Exception as exc:
-                error = ErrorInfo("plan_failed", describe(exc))
+                    try:
+                        return validate_plan(answer, self.goal.max_steps)
+                    except ValueError as exc:
+                        error = ErrorInfo("invalid_plan", str(exc))
             if not will_retry(attempt, self.goal.max_retries):
                 await self._fail(
                     error.code, f"planning failed after {attempt} attempt(s): {error.message}"

@@ -15,8 +15,9 @@ import json
 import logging
 import secrets
 import weakref
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +30,7 @@ from goalkit import transitions
 from goalkit.engine import Coordinator, EventBus, EventStream, now, run_sink
 from goalkit.errors import (
     GoalConflict,
+    GoalkitError,
     GoalNotFound,
     InvalidGoal,
     LeaseLost,
@@ -131,7 +133,7 @@ class GoalManager:
         self._providers: dict[str, ModelProvider] = {}
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
         self._wake = anyio.Event()
-        self._unfinished: list[str] = []
+        self._closing = False
         self._stack: AsyncExitStack | None = None
         self._engine: TaskGroup | None = None
         self._pm: pluggy.PluginManager | None = None
@@ -182,7 +184,6 @@ class GoalManager:
                     run_sink, name, call, self._bus.add_sink(), name=f"goalkit sink {name}"
                 )
             stack.push_async_callback(self._drain_sinks, sinks)
-            stack.push_async_callback(self._release)
             engine = await stack.enter_async_context(anyio.create_task_group())
             engine.start_soon(self._schedule, name="goalkit scheduler")
             engine.start_soon(self._heartbeat, name="goalkit heartbeat")
@@ -200,7 +201,7 @@ class GoalManager:
         if stack is None:
             return None
         assert self._engine is not None
-        self._unfinished = list(self._running)
+        self._closing = True
         self._engine.cancel_scope.cancel()
         try:
             # The body's own exception is not fed to the task groups: they would wrap it in
@@ -208,22 +209,8 @@ class GoalManager:
             await stack.aclose()
         finally:
             self._storage = self._engine = None
+            self._closing = False
         return None
-
-    async def _release(self) -> None:
-        # Runs after the engine stopped: hand unfinished goals back at once, so the next start
-        # (or another process) resumes them without waiting for the leases to expire.
-        ids, self._unfinished = self._unfinished, []
-        if ids:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.storage.release_leases(self.owner_id, ids)
-                except StorageError:
-                    log.warning(
-                        "could not release %d lease(s); they expire in %ss",
-                        len(ids),
-                        self.lease_ttl,
-                    )
 
     async def _drain_sinks(self, sinks: TaskGroup) -> None:
         # Sinks finish the events already queued, within a grace period.
@@ -239,11 +226,14 @@ class GoalManager:
             if free > 0:
                 secured = anyio.current_time()
                 try:
-                    goals = await self.storage.claim_goals(
-                        self.owner_id, ttl=self.lease_ttl, limit=free, exclude=self._excluded()
-                    )
-                except StorageError as exc:
-                    log.warning("claiming goals failed, trying again: %s", exc)
+                    # Shielded: a claim that reached storage must reach a coordinator, whose
+                    # exit releases the lease again if the manager is closing.
+                    with anyio.CancelScope(shield=True):
+                        goals = await self.storage.claim_goals(
+                            self.owner_id, ttl=self.lease_ttl, limit=free, exclude=self._excluded()
+                        )
+                except Exception:
+                    log.exception("claiming goals failed; trying again")
                     goals = []
                 for goal in goals:
                     # The scope's deadline is this process's view of the lease: should
@@ -259,15 +249,18 @@ class GoalManager:
                 await self._wake.wait()
 
     async def _heartbeat(self) -> None:
+        # Beats at least every second, not only every third of the lease: a goal cancelled
+        # by another process has lost its lease, and this is how its call here is stopped.
+        interval = min(self.lease_ttl / 3, max(self.poll_interval, 1.0))
         while True:
-            await anyio.sleep(self.lease_ttl / 3)
+            await anyio.sleep(interval)
             ids = list(self._running)
             if not ids:
                 continue
             secured = anyio.current_time()
             try:
                 held = await self.storage.renew_leases(self.owner_id, ids, ttl=self.lease_ttl)
-            except StorageError as exc:
+            except Exception as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue
             for goal_id in ids:
@@ -285,7 +278,7 @@ class GoalManager:
             with scope:
                 try:
                     provider = self._provider(goal.model)
-                except InvalidGoal as exc:
+                except GoalkitError as exc:
                     await self._commit(
                         transitions.fail(
                             goal,
@@ -319,6 +312,17 @@ class GoalManager:
                 self._cooldown[goal.id] = anyio.current_time() + self.lease_ttl
             self._running.pop(goal.id, None)
             self._wake.set()
+            if self._closing:
+                await self._release(goal.id)
+
+    async def _release(self, goal_id: str) -> None:
+        # Hand an unfinished goal back at once on the way out, so the next start (or another
+        # process) resumes it without waiting for the lease to expire.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.storage.release_leases(self.owner_id, [goal_id])
+            except Exception as exc:
+                log.warning("could not release goal %s (%s); its lease expires", goal_id, exc)
 
     def _excluded(self) -> set[str]:
         """Goals the scheduler must not claim: those running here, and those cooling down."""
@@ -334,13 +338,18 @@ class GoalManager:
         return lock
 
     async def _commit(self, transition: transitions.Transition) -> Event | None:
-        # Stored first, then published; the per-goal lock keeps publication in event order
-        # when a cancel and the coordinator commit to one goal at the same moment, and the
-        # shield keeps a commit that reached storage from going unpublished.
-        async with self._lock(transition.goal.id):
+        return await self._store(transition.goal.id, partial(self.storage.commit, transition))
+
+    async def _store(
+        self, goal_id: str, write: Callable[[], Awaitable[Event | None]]
+    ) -> Event | None:
+        # Every write goes through here: stored first, then published. The per-goal lock keeps
+        # publication in event order when a cancel and the coordinator commit to one goal at
+        # once; the shield keeps a write that reached storage from going unpublished.
+        async with self._lock(goal_id):
             with anyio.CancelScope(shield=True):
-                event = await self.storage.commit(transition)
-                if event is not None:
+                event = await write()
+                if event is not None and event.goal_id == goal_id:
                     self._bus.publish(event)
         return event
 
@@ -415,18 +424,17 @@ class GoalManager:
             created_at=stamp,
             updated_at=stamp,
         )
-        async with self._lock(goal.id):
-            with anyio.CancelScope(shield=True):
-                if idempotency_key is None:
-                    event = await self.storage.create_goal(transitions.create(goal))
-                else:
-                    event = await self.storage.create_goal(
-                        transitions.create(goal),
-                        idempotency_key=idempotency_key,
-                        fingerprint=_fingerprint(spec),
-                    )
-                if event.goal_id == goal.id:
-                    self._bus.publish(event)
+        if idempotency_key is None:
+            write = partial(self.storage.create_goal, transitions.create(goal))
+        else:
+            write = partial(
+                self.storage.create_goal,
+                transitions.create(goal),
+                idempotency_key=idempotency_key,
+                fingerprint=_fingerprint(spec),
+            )
+        event = await self._store(goal.id, write)
+        assert event is not None
         if event.goal_id != goal.id:  # the key was used before: that goal is the answer
             return await self.get(event.goal_id)
         self._wake.set()

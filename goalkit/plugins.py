@@ -132,6 +132,14 @@ def implementations(pm: pluggy.PluginManager, hook: str) -> list[tuple[str, Call
 
 
 def _bind(function: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[..., Any]:
+    # A coroutine function stays one, so callers can tell what may block.
+    if inspect.iscoroutinefunction(function):
+
+        async def acall(**kwargs: Any) -> Any:
+            return await function(**{name: kwargs[name] for name in argnames})
+
+        return acall
+
     def call(**kwargs: Any) -> Any:
         return function(**{name: kwargs[name] for name in argnames})
 

@@ -26,6 +26,7 @@ import anyio
 
 from goalkit.hookspecs import hookimpl
 from goalkit.models import JSON, Event, Goal, Step, StepSpec
+from goalkit.plugins import resolve
 from goalkit.providers import ModelProvider
 
 __all__ = ["EventRecorder", "QueueProvider"]
@@ -82,8 +83,7 @@ class QueueProvider:
         if isinstance(answer, Exception):
             raise answer
         if callable(answer):
-            value = answer(goal, step, previous)
-            return await value if hasattr(value, "__await__") else value
+            return await resolve(answer(goal, step, previous))
         return answer
 
 
