@@ -38,6 +38,8 @@ from goalkit.errors import (
     StorageError,
 )
 from goalkit.models import (
+    MAX_IDEMPOTENCY_KEY,
+    MAX_LIMIT,
     STATUSES,
     ErrorInfo,
     Event,
@@ -58,8 +60,6 @@ __all__ = ["GoalManager"]
 
 log = logging.getLogger("goalkit")
 
-MAX_LIMIT = 500
-MAX_IDEMPOTENCY_KEY = 255
 SINK_DRAIN_SECONDS = 5.0
 
 

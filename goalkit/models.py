@@ -17,6 +17,17 @@ from goalkit.errors import InvalidGoal
 
 __all__ = [
     "JSON",
+    "MAX_DESCRIPTION",
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_LIMIT",
+    "MAX_MODEL_LENGTH",
+    "MAX_OWNER_LENGTH",
+    "MAX_RETRIES",
+    "MAX_STEPS",
+    "MAX_TAGS",
+    "MAX_TAG_LENGTH",
+    "MODES",
+    "STATUSES",
     "TERMINAL_EVENTS",
     "ErrorInfo",
     "Event",
@@ -55,6 +66,9 @@ MAX_TAGS = 20
 MAX_TAG_LENGTH = 64
 MAX_MODEL_LENGTH = 200
 MAX_OWNER_LENGTH = 200
+MAX_LIMIT = 500
+"""The largest page `GoalManager.list` (and ``GET /api/v1/goals``) returns."""
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def new_goal_id() -> str:
