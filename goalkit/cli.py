@@ -1,4 +1,4 @@
-"""The ``goalkit`` command: run one goal with live progress, or list the plugins.
+"""The ``goalkit`` command: run one goal with live progress, serve the HTTP API, list plugins.
 
 ``goalkit run`` drives its display from `GoalManager.events`, so what it shows is exactly what
 was stored. On a terminal the step list is redrawn in place with ANSI cursor movement; when
@@ -7,27 +7,36 @@ stdout is a pipe or a file it prints one plain line per event, for logs and scri
 Exit codes of ``goalkit run``: 0 the goal completed, 1 it failed or was cancelled elsewhere,
 2 bad arguments (an `InvalidGoal` names the field), 130 interrupted by Ctrl-C, which cancels
 the goal first. A second Ctrl-C stops waiting for the cancellation to be recorded.
+
+``goalkit serve`` runs `goalkit.asgi.create_app` under uvicorn (the ``serve`` extra). Its exit
+codes: 0 stopped by SIGTERM or Ctrl-C (after a graceful shutdown: unfinished goals stay active
+and resume on the next start), 1 the server could not start, 2 bad arguments, a bad tokens
+file, or no uvicorn.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import io
+import ipaddress
 import json
+import secrets
 import shutil
 import signal
 import sys
 import unicodedata
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol, TextIO
 
 import anyio
 import pluggy
 
+from goalkit.auth import StaticTokens, TokensFile, TokensFileError
 from goalkit.errors import GoalConflict, GoalkitError, InvalidGoal, PluginError
 from goalkit.manager import GoalManager
-from goalkit.models import JSON, Event
+from goalkit.models import JSON, Event, Principal
 from goalkit.plugins import BUILTIN_PLUGINS, hook_names, make_plugin_manager, plugin_name
 
 __all__ = ["main"]
@@ -40,6 +49,12 @@ ASCII_SPINNER = "|/-\\"
 ASCII_MARKS = {"pending": ".", "retrying": "~", "completed": "+", "failed": "x", "cancelled": "-"}
 COLOURS = {"completed": "32", "failed": "31", "cancelled": "33"}
 TICK = 0.1
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# Open SSE streams would hold a graceful shutdown forever: after this long they are cut
+# (clients reconnect with Last-Event-ID and miss nothing) and the manager is left.
+SHUTDOWN_TIMEOUT = 5
+ADMIN_USER = "admin"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return _plugins(args, sys.stdout)
+        if args.command == "serve":
+            return _serve(args)
         return anyio.run(_run, args, sys.stdout)
     except (InvalidGoal, PluginError) as exc:
         _error(args.command, str(exc))
@@ -96,7 +113,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     _plugin_option(plugins)
     plugins.add_argument("--json", action="store_true", help="print JSON")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP API with uvicorn",
+        description="Serve the HTTP API (REST and server-sent events) with uvicorn. Without "
+        "--tokens, one admin token is generated and printed once, and only loopback hosts "
+        "are allowed. Stop it with SIGTERM or Ctrl-C: unfinished goals resume on the next "
+        "start.",
+    )
+    serve.add_argument(
+        "--storage", default=DEFAULT_STORAGE, metavar="URL", help=f"(default: {DEFAULT_STORAGE})"
+    )
+    serve.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})"
+    )
+    serve.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help="TOML file of bearer tokens ([tokens] table); without it an admin token is "
+        "generated and printed once",
+    )
+    _plugin_option(serve)
+    serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: info)")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 65535, got {port}")
+    return port
 
 
 def _plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +201,105 @@ def _plugin_listing(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
         listing.append({"name": name, "source": source, "hooks": hooks})
     return listing
+
+
+# -- goalkit serve ----------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        _error("serve", "uvicorn is not installed: pip install 'goalkit[serve]'")
+        return EXIT_USAGE
+    from goalkit.asgi import create_app
+
+    auth: TokensFile | StaticTokens
+    token: str | None = None  # the generated one, when there is no tokens file
+    if args.tokens is not None:
+        try:
+            auth = TokensFile(args.tokens)
+        except TokensFileError as exc:
+            _error("serve", str(exc))
+            return EXIT_USAGE
+    elif not _is_loopback(args.host):
+        _error(
+            "serve",
+            f"--host {args.host} is not a loopback address: serving beyond this machine "
+            "needs --tokens FILE (a generated token is for local use only)",
+        )
+        return EXIT_USAGE
+    else:
+        token = secrets.token_urlsafe(32)
+        auth = StaticTokens({token: Principal(ADMIN_USER, admin=True)})
+    manager = GoalManager(args.storage, plugins=[*args.plugins, auth])
+    # Load the plugins and pick the storage now (both without I/O): a bad plugin or an
+    # unknown URL scheme is a usage error, not a server that fails to start.
+    if manager.plugin_manager.hook.goalkit_storage(url=args.storage) is None:
+        _error("serve", f"no storage plugin serves the URL {args.storage!r}")
+        return EXIT_USAGE
+    if token is not None:
+        print(f"goalkit serve: admin token (shown once): {token}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(
+        create_app(manager),
+        host=args.host,
+        port=args.port,
+        lifespan="on",
+        log_level=args.log_level,
+        log_config=_log_config(uvicorn.config.LOGGING_CONFIG, args.log_level),
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    try:
+        with _quiet_exit_signals():
+            server.run()
+    except SystemExit as exc:  # uvicorn exits when the lifespan or the socket fails
+        if exc.code not in (0, None):
+            _error("serve", "the server did not start (see the log above)")
+            return EXIT_FAILED
+    return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _log_config(base: dict[str, Any], level: str) -> dict[str, Any]:
+    """uvicorn's logging, with goalkit's own logger printed the same way."""
+    config = copy.deepcopy(base)
+    config["loggers"]["goalkit"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
+@contextmanager
+def _quiet_exit_signals() -> Iterator[None]:
+    """While serving, SIGTERM and SIGINT stop uvicorn gracefully, and nothing more.
+
+    uvicorn re-raises the signal it caught once it has shut down, to the handler that was in
+    place before it; that would kill the process (SIGTERM) or raise KeyboardInterrupt (SIGINT)
+    after a clean shutdown. A no-op handler in between makes the stop an exit 0.
+    """
+    signals = [signal.SIGINT, signal.SIGTERM]
+    try:
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in signals}
+    except ValueError:  # not the main thread: uvicorn does not catch signals either
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- goalkit run ------------------------------------------------------------------------------
