@@ -240,8 +240,15 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if token is not None:
         print(f"goalkit serve: admin token (shown once): {token}", file=sys.stderr, flush=True)
+    app = create_app(manager)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.drain()  # open event streams would hold the shutdown for its whole grace
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
-        create_app(manager),
+        app,
         host=args.host,
         port=args.port,
         lifespan="on",
@@ -250,7 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     try:
         with _quiet_exit_signals():
             server.run()

@@ -422,4 +422,6 @@ class TestShutdown:
         finally:
             server.kill()
         assert code == 0, server.stderr
-        assert took < SHUTDOWN_TIMEOUT + 3
+        # The stream was ended at once (drain), not cut when the grace period ran out.
+        assert "Exception in ASGI application" not in server.stderr
+        assert took < SHUTDOWN_TIMEOUT

@@ -27,6 +27,8 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
+import anyio
+
 from goalkit import (
     Forbidden,
     Goal,
@@ -147,6 +149,7 @@ class GoalkitApp:
         self._opener = Opener(manager)
         # Token budgets reach the manager only once it takes them (SPEC §4 lists the field).
         self.budgets = "max_tokens" in inspect.signature(manager.create).parameters
+        self._open_streams: set[anyio.CancelScope] = set()
         self._document = json_bytes(openapi.document(budgets=self.budgets))
         goal_path = r"/api/v1/goals/(?P<goal_id>[^/]+)"
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
@@ -155,6 +158,15 @@ class GoalkitApp:
             (re.compile(goal_path + "/events"), {"GET": self._events}),
             (re.compile(r"/api/v1/openapi\.json"), {"GET": self._openapi}),
         ]
+
+    def drain(self) -> None:
+        """End every open event stream now, e.g. when the server begins to shut down.
+
+        Servers wait for open responses before they stop; an SSE response would otherwise
+        hold the shutdown for its whole grace period. Clients reconnect with their last id.
+        """
+        for scope in list(self._open_streams):
+            scope.cancel()
 
     async def close(self) -> None:
         """Leave the manager if the app opened it on a first request (else do nothing).
@@ -405,6 +417,7 @@ class GoalkitApp:
             retry_ms=self.sse_retry_ms,
             keepalive=self.keepalive,
             send_timeout=self.send_timeout,
+            open_streams=self._open_streams,
         )
 
 

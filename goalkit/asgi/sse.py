@@ -54,18 +54,23 @@ async def send_event_stream(
     retry_ms: int,
     keepalive: float,
     send_timeout: float | None,
+    open_streams: set[anyio.CancelScope],
 ) -> None:
     """Answer 200 with `stream`'s events until its terminal event or the client leaves.
 
     :param retry_ms: the reconnection delay sent to the client in the first ``retry:`` line.
     :param keepalive: seconds without an event after which a ``: keep-alive`` comment is sent.
     :param send_timeout: seconds one write may take before the client is dropped.
+    :param open_streams: where the stream registers its scope while it runs, so that a server
+        shutting down can end every stream at once (clients reconnect with their last id).
     """
     async with stream, anyio.create_task_group() as race:
+        open_streams.add(race.cancel_scope)
         race.start_soon(_watch_disconnect, receive, race.cancel_scope)
         try:
             await _produce(send, stream, retry_ms, keepalive, send_timeout)
         finally:
+            open_streams.discard(race.cancel_scope)
             race.cancel_scope.cancel()
 
 
