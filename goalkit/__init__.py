@@ -17,6 +17,7 @@ from goalkit.errors import (
     LeaseLost,
     NotAuthenticated,
     PluginError,
+    ProviderError,
     StorageError,
 )
 from goalkit.hookspecs import hookimpl, hookspec
@@ -45,6 +46,7 @@ __all__ = [
     "Page",
     "PluginError",
     "Principal",
+    "ProviderError",
     "RetryPolicy",
     "Step",
     "StepSpec",

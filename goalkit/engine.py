@@ -27,7 +27,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from goalkit import transitions
-from goalkit.errors import GoalNotFound
+from goalkit.errors import GoalNotFound, ProviderError
 from goalkit.models import JSON, ErrorInfo, Event, Goal, Step, StepSpec, check_json, validate_plan
 from goalkit.plugins import resolve
 from goalkit.providers import ModelProvider
@@ -256,6 +256,20 @@ class EventStream:
             self._goal = await self._storage.get_goal(self._goal_id, steps=False) or self._goal
 
 
+@attrs.frozen
+class Fault:
+    """What a provider's exception says about retrying: never (`final`), or not before."""
+
+    final: bool = False
+    retry_after: float = 0.0
+
+    @classmethod
+    def of(cls, exc: Exception) -> Fault:
+        if isinstance(exc, ProviderError):
+            return cls(final=not exc.retryable, retry_after=exc.retry_after or 0.0)
+        return cls()
+
+
 class _GoalFailed(Exception):
     """Internal: the goal was failed (and that was committed); stop driving it."""
 
@@ -330,10 +344,12 @@ class Coordinator:
         while True:
             attempt += 1
             answer: object = None
+            fault = Fault()
             try:
                 with anyio.move_on_after(self.step_timeout) as scope:
                     answer = await self.provider.plan(self.goal, self.goal.max_steps)
             except Exception as exc:
+                fault = Fault.of(exc)
                 error = ErrorInfo("plan_failed", describe(exc))
             else:
                 if scope.cancelled_caught:
@@ -345,14 +361,14 @@ class Coordinator:
                         return validate_plan(answer, self.goal.max_steps)
                     except ValueError as exc:
                         error = ErrorInfo("invalid_plan", str(exc))
-            if not will_retry(attempt, self.goal.max_retries):
+            if fault.final or not will_retry(attempt, self.goal.max_retries):
                 await self._fail(
                     error.code, f"planning failed after {attempt} attempt(s): {error.message}"
                 )
             log.warning(
                 "goal %s: planning attempt %d failed: %s", self.goal.id, attempt, error.message
             )
-            await anyio.sleep(self.policy.delay(attempt))
+            await anyio.sleep(max(self.policy.delay(attempt), fault.retry_after))
 
     async def _run_step(self, step: Step, previous: tuple[Step, ...]) -> Step:
         while True:
@@ -361,6 +377,7 @@ class Coordinator:
             await self._apply(transition)
             error: ErrorInfo | None = None
             result: JSON = None
+            fault = Fault()
             try:
                 # move_on_after, not fail_after: a TimeoutError the provider raises itself
                 # (a socket timeout) is a step error, not our step_timeout.
@@ -371,6 +388,7 @@ class Coordinator:
                 else:
                     check_json(result)
             except Exception as exc:
+                fault = Fault.of(exc)
                 error = ErrorInfo("step_error", describe(exc))
             if error is None:
                 transition = transitions.step_completed(
@@ -378,7 +396,7 @@ class Coordinator:
                 )
                 await self._apply(transition)
                 return transition.steps[0]
-            retry = will_retry(step.attempts, self.goal.max_retries)
+            retry = not fault.final and will_retry(step.attempts, self.goal.max_retries)
             transition = transitions.step_failed(
                 self.goal, step, error, retry, now(), lease=self.lease
             )
@@ -389,4 +407,4 @@ class Coordinator:
                     "step_failed",
                     f"step {step.index} ({step.title!r}) failed after {step.attempts} attempt(s): {error.message}",
                 )
-            await anyio.sleep(self.policy.delay(step.attempts))
+            await anyio.sleep(max(self.policy.delay(step.attempts), fault.retry_after))

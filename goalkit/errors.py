@@ -15,6 +15,7 @@ __all__ = [
     "LeaseLost",
     "NotAuthenticated",
     "PluginError",
+    "ProviderError",
     "StorageError",
 ]
 
@@ -77,6 +78,25 @@ class PluginError(GoalkitError):
     """A plugin is malformed (unknown hook name) or answered with something unusable."""
 
     code = "plugin_error"
+
+
+class ProviderError(GoalkitError):
+    """A model provider's call failed; `retryable` says whether another attempt may help.
+
+    Providers raise it to steer the engine: ``retryable=False`` (a rejected API key, an
+    invalid request) fails the step at once instead of spending its retries, and
+    `retry_after` (seconds, from a ``Retry-After`` header) stretches the backoff before the
+    next attempt. Any other exception from a provider is retried as usual.
+    """
+
+    code = "provider_error"
+
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class StorageError(GoalkitError):

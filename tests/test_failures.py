@@ -361,3 +361,42 @@ class TestUnknownModel:
             with pytest.raises(InvalidGoal) as info:
                 await manager.create("x")
         assert info.value.field == "model"
+
+
+class TestProviderErrors:
+    """A provider steers retries with `ProviderError`: final failures are not retried."""
+
+    async def test_a_non_retryable_error_fails_the_step_at_once(self) -> None:
+        """retryable=False spends no retries: one attempt, then the goal fails."""
+        from goalkit import GoalManager, ProviderError
+        from goalkit.testing import QueueProvider
+
+        provider = QueueProvider()
+        provider.enqueue(ProviderError("401 invalid API key", retryable=False))
+        async with GoalManager(
+            "memory://", plugins=[provider], max_retries=3, retry_backoff=0, entry_points=False
+        ) as manager:
+            goal = await manager.create("x", model="fake", mode="direct")
+            goal = await manager.wait(goal.id, timeout=5)
+        assert goal.status == "failed"
+        assert goal.steps[0].attempts == 1
+        assert goal.error is not None and "invalid API key" in goal.error.message
+
+    async def test_retry_after_stretches_the_backoff(self) -> None:
+        """A retryable error with retry_after waits at least that long before the retry."""
+        import anyio
+
+        from goalkit import GoalManager, ProviderError
+        from goalkit.testing import QueueProvider
+
+        provider = QueueProvider()
+        provider.enqueue(ProviderError("429 slow down", retry_after=0.3), "ok")
+        async with GoalManager(
+            "memory://", plugins=[provider], retry_backoff=0, entry_points=False
+        ) as manager:
+            start = anyio.current_time()
+            goal = await manager.create("x", model="fake", mode="direct")
+            goal = await manager.wait(goal.id, timeout=5)
+            waited = anyio.current_time() - start
+        assert goal.status == "completed" and goal.steps[0].attempts == 2
+        assert waited >= 0.3
