@@ -35,6 +35,8 @@ BUILTIN_PLUGINS = (
     "goalkit.storage.sqlite",
     "goalkit.storage.memory",
     "goalkit.providers.scripted",
+    "goalkit.providers.openai",
+    "goalkit.providers.anthropic",
 )
 """Modules registered into every plugin manager, before entry points and explicit plugins."""
 
