@@ -8,12 +8,19 @@ never publishes an event itself: the manager's `commit` stores, then publishes.
 `EventBus` hands each published event to the in-process subscribers of its goal (bounded
 inboxes: a subscriber that falls behind reads the gap back from storage, so a slow reader
 costs memory of its own only) and to every event sink (one unbounded queue and one task per
-sink, so a slow or failing sink delays nobody else).
+sink, so a slow or failing sink delays nobody else). Live-only events (``goal.step_delta``,
+streamed text, `id` 0) go to subscribers only: they are never stored, so sinks, whose
+contract is "after it is stored", never see them.
+
+Token budgets are enforced here, around every provider call (planning attempts included):
+no call is made once the goal's usage has reached `max_tokens`, and a call whose reported
+usage takes the goal past it fails the goal (`budget_exceeded`) instead of being used.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import math
 import time
@@ -28,9 +35,22 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from goalkit import transitions
 from goalkit.errors import GoalNotFound, ProviderError
-from goalkit.models import JSON, ErrorInfo, Event, Goal, Step, StepSpec, check_json, validate_plan
+from goalkit.models import (
+    JSON,
+    NO_USAGE,
+    STEP_DELTA,
+    Answer,
+    ErrorInfo,
+    Event,
+    Goal,
+    Step,
+    StepSpec,
+    Usage,
+    check_json,
+    validate_plan,
+)
 from goalkit.plugins import resolve
-from goalkit.providers import ModelProvider
+from goalkit.providers import ModelProvider, StreamingProvider
 from goalkit.retry import RetryPolicy, will_retry
 from goalkit.storage import Storage
 
@@ -94,10 +114,7 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Hand a stored event to everyone; never blocks, never raises."""
-        for send in list(self._inboxes.get(event.goal_id, ())):
-            # A full inbox drops the event: its subscriber notices the gap and reads storage.
-            with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                send.send_nowait(event)
+        self.publish_live(event)
         for send in self._sinks:
             try:
                 send.send_nowait(event)
@@ -105,6 +122,17 @@ class EventBus:
                 log.error(
                     "event sink queue is gone; %s #%d not delivered to it", event.type, event.id
                 )
+
+    def publish_live(self, event: Event) -> None:
+        """Hand an event to the live subscribers of its goal only; never blocks, never raises.
+
+        What `publish` does for subscribers, and all that happens to a live-only event.
+        """
+        for send in list(self._inboxes.get(event.goal_id, ())):
+            # A full inbox drops the event: its subscriber notices the gap and reads storage
+            # (a dropped live-only event is simply lost: the step's result holds its text).
+            with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait(event)
 
 
 async def run_sink(
@@ -168,6 +196,11 @@ class EventStream:
     on as published, anything else (a gap, or a quiet `poll_interval`, which is how events
     written by other processes arrive) is read back from storage. The live subscription is
     released as soon as the stream ends, is closed, or is dropped (``break`` out of the loop).
+
+    With the manager's ``live_output`` on, live-only ``goal.step_delta`` events (`id` 0) come
+    too, between the stored events they belong to: each is passed on only when it was
+    published right after the stored event the stream handed out last (its ``data["after"]``),
+    so a replay from storage never shows them, and one that comes late is dropped.
     """
 
     def __init__(
@@ -213,7 +246,8 @@ class EventStream:
                 raise StopAsyncIteration
             await self._fill()
         event = self._buffer.popleft()
-        self._last = event.id
+        if event.durable:
+            self._last = event.id
         if event.terminal:
             self.close()
         return event
@@ -240,6 +274,10 @@ class EventStream:
         # Storage is read again unless live events follow on without a gap.
         self._read_storage = True
         for event in live:
+            if not event.durable:
+                if event.data.get("after") == expected - 1:
+                    self._buffer.append(event)
+                continue
             if event.id < expected:
                 if event.terminal:
                     self.close()  # `after` was past the end of the log
@@ -263,11 +301,37 @@ class Fault:
     final: bool = False
     retry_after: float = 0.0
 
+    usage: Usage = NO_USAGE
+
     @classmethod
     def of(cls, exc: Exception) -> Fault:
         if isinstance(exc, ProviderError):
-            return cls(final=not exc.retryable, retry_after=exc.retry_after or 0.0)
+            usage = exc.usage if isinstance(exc.usage, Usage) else NO_USAGE
+            return cls(final=not exc.retryable, retry_after=exc.retry_after or 0.0, usage=usage)
         return cls()
+
+
+def unwrap(answer: object) -> tuple[object, Usage]:
+    """A provider's answer as (value, usage): an `Answer` unpacked, anything else as is."""
+    if isinstance(answer, Answer):
+        return answer.value, answer.usage
+    return answer, NO_USAGE
+
+
+def exhausted(goal: Goal) -> bool:
+    """True when the goal has a budget and its usage has reached it: no call may be made."""
+    return goal.max_tokens is not None and goal.usage.total_tokens >= goal.max_tokens
+
+
+def passes(goal: Goal, usage: Usage) -> bool:
+    """True when adding `usage` to the goal's would take it past its budget."""
+    return goal.max_tokens is not None and goal.usage.total_tokens + usage.total_tokens > (
+        goal.max_tokens
+    )
+
+
+def _spent(goal: Goal) -> str:
+    return f"{goal.usage.total_tokens} of max_tokens={goal.max_tokens} used"
 
 
 class _GoalFailed(Exception):
@@ -284,6 +348,8 @@ class Coordinator:
     lease: str
     policy: RetryPolicy
     step_timeout: float | None
+    publish_delta: Callable[[Event], None] | None = None
+    """Where streamed text goes (the bus's live-only delivery), or None: live output off."""
 
     async def _apply(self, transition: transitions.Transition) -> Goal:
         event = await self.commit(transition)
@@ -319,9 +385,11 @@ class Coordinator:
         except _GoalFailed:
             pass
 
-    async def _fail(self, code: str, message: str) -> None:
+    async def _fail(self, code: str, message: str, usage: Usage = NO_USAGE) -> None:
         await self._apply(
-            transitions.fail(self.goal, ErrorInfo(code, message), now(), lease=self.lease)
+            transitions.fail(
+                self.goal, ErrorInfo(code, message), now(), lease=self.lease, usage=usage
+            )
         )
         raise _GoalFailed
 
@@ -329,27 +397,41 @@ class Coordinator:
         # Always a fenced write before `plan`: a goal cancelled while it was being claimed
         # (or resumed) gets no provider call at all.
         goal = await self._apply(transitions.decomposing(self.goal, now(), lease=self.lease))
+        usage = NO_USAGE
         if goal.mode == "direct":
             plan: tuple[StepSpec, ...] = (
                 StepSpec(title=goal.description[:200], description=goal.description),
             )
         else:
-            plan = await self._plan()
-        transition = transitions.decomposed(self.goal, plan, now(), lease=self.lease)
+            plan, usage = await self._plan()
+        transition = transitions.decomposed(
+            self.goal, plan, now(), lease=self.lease, usage=usage
+        )
         await self._apply(transition)
         return list(transition.steps)
 
-    async def _plan(self) -> tuple[StepSpec, ...]:
+    async def _plan(self) -> tuple[tuple[StepSpec, ...], Usage]:
+        """The checked plan and what every planning attempt used (recorded by the caller)."""
         attempt = 0
+        spent = NO_USAGE
         while True:
             attempt += 1
+            # The provider sees the planning usage so far, so its budget cap is right.
+            goal = attrs.evolve(self.goal, usage=self.goal.usage + spent)
+            if exhausted(goal):
+                await self._fail(
+                    "budget_exceeded",
+                    f"token budget used up before planning attempt {attempt}: {_spent(goal)}",
+                    usage=spent,
+                )
             answer: object = None
             fault = Fault()
             try:
                 with anyio.move_on_after(self.step_timeout) as scope:
-                    answer = await self.provider.plan(self.goal, self.goal.max_steps)
+                    answer = await self.provider.plan(goal, goal.max_steps)
             except Exception as exc:
                 fault = Fault.of(exc)
+                spent += fault.usage
                 error = ErrorInfo("plan_failed", describe(exc))
             else:
                 if scope.cancelled_caught:
@@ -357,48 +439,107 @@ class Coordinator:
                         "plan_timeout", f"planning timed out after {self.step_timeout}s"
                     )
                 else:
+                    value, usage = unwrap(answer)
+                    if passes(goal, usage):
+                        await self._fail(
+                            "budget_exceeded",
+                            f"planning attempt {attempt} used {usage.total_tokens} tokens, "
+                            f"past the budget: {_spent(attrs.evolve(goal, usage=goal.usage + usage))}",
+                            usage=spent + usage,
+                        )
+                    spent += usage
                     try:
-                        return validate_plan(answer, self.goal.max_steps)
+                        return validate_plan(value, goal.max_steps), spent
                     except ValueError as exc:
                         error = ErrorInfo("invalid_plan", str(exc))
             if fault.final or not will_retry(attempt, self.goal.max_retries):
                 await self._fail(
-                    error.code, f"planning failed after {attempt} attempt(s): {error.message}"
+                    error.code,
+                    f"planning failed after {attempt} attempt(s): {error.message}",
+                    usage=spent,
                 )
             log.warning(
                 "goal %s: planning attempt %d failed: %s", self.goal.id, attempt, error.message
             )
             await anyio.sleep(max(self.policy.delay(attempt), fault.retry_after))
 
+    async def _call_step(self, step: Step, previous: tuple[Step, ...]) -> object:
+        """One provider call for `step`: streamed when live output is on and it can stream."""
+        publish = self.publish_delta
+        if publish is None or not isinstance(self.provider, StreamingProvider):
+            return await self.provider.run_step(self.goal, step, previous)
+        goal, numbers, open_ = self.goal, itertools.count(1), [True]
+
+        def emit(text: str) -> None:
+            if not isinstance(text, str):
+                raise TypeError(f"emit() takes text, not {type(text).__name__}")
+            if text and open_[0]:
+                data = {
+                    "step": step.index,
+                    "attempt": step.attempts,
+                    "after": goal.last_event_id,
+                    "seq": next(numbers),
+                    "text": text,
+                }
+                publish(
+                    Event(0, STEP_DELTA, goal.id, goal.workflow_id, round(time.time(), 3), data)
+                )
+
+        try:
+            return await self.provider.stream_step(goal, step, previous, emit)
+        finally:
+            open_[0] = False  # a provider that kept `emit` cannot publish into a later step
+
     async def _run_step(self, step: Step, previous: tuple[Step, ...]) -> Step:
         while True:
+            if exhausted(self.goal):
+                await self._fail(
+                    "budget_exceeded",
+                    f"token budget used up before step {step.index} ({step.title!r}): "
+                    f"{_spent(self.goal)}",
+                )
             transition = transitions.step_started(self.goal, step, now(), lease=self.lease)
             step = transition.steps[0]
             await self._apply(transition)
             error: ErrorInfo | None = None
             result: JSON = None
+            usage = NO_USAGE
             fault = Fault()
             try:
                 # move_on_after, not fail_after: a TimeoutError the provider raises itself
                 # (a socket timeout) is a step error, not our step_timeout.
                 with anyio.move_on_after(self.step_timeout) as scope:
-                    result = await self.provider.run_step(self.goal, step, previous)
+                    result, usage = unwrap(await self._call_step(step, previous))
                 if scope.cancelled_caught:
                     error = ErrorInfo("step_timeout", f"step timed out after {self.step_timeout}s")
                 else:
                     check_json(result)
             except Exception as exc:
                 fault = Fault.of(exc)
+                usage += fault.usage
                 error = ErrorInfo("step_error", describe(exc))
+            if passes(self.goal, usage):
+                error = ErrorInfo(
+                    "budget_exceeded",
+                    f"step {step.index} ({step.title!r}) used {usage.total_tokens} tokens, "
+                    f"past the budget: "
+                    f"{_spent(attrs.evolve(self.goal, usage=self.goal.usage + usage))}",
+                )
+                await self._apply(
+                    transitions.step_failed(
+                        self.goal, step, error, False, now(), lease=self.lease, usage=usage
+                    )
+                )
+                await self._fail(error.code, error.message)
             if error is None:
                 transition = transitions.step_completed(
-                    self.goal, step, result, now(), lease=self.lease
+                    self.goal, step, result, now(), lease=self.lease, usage=usage
                 )
                 await self._apply(transition)
                 return transition.steps[0]
             retry = not fault.final and will_retry(step.attempts, self.goal.max_retries)
             transition = transitions.step_failed(
-                self.goal, step, error, retry, now(), lease=self.lease
+                self.goal, step, error, retry, now(), lease=self.lease, usage=usage
             )
             step = transition.steps[0]
             await self._apply(transition)

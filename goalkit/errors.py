@@ -6,6 +6,11 @@ adapter can turn any of them into an error envelope without a lookup table of it
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from goalkit.models import Usage
+
 __all__ = [
     "Forbidden",
     "GoalConflict",
@@ -86,17 +91,25 @@ class ProviderError(GoalkitError):
     Providers raise it to steer the engine: ``retryable=False`` (a rejected API key, an
     invalid request) fails the step at once instead of spending its retries, and
     `retry_after` (seconds, from a ``Retry-After`` header) stretches the backoff before the
-    next attempt. Any other exception from a provider is retried as usual.
+    next attempt. Any other exception from a provider is retried as usual. `usage` reports
+    the tokens a call used although it failed (an answer that came back malformed), so they
+    count on the step, the goal and its budget.
     """
 
     code = "provider_error"
 
     def __init__(
-        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.usage = usage
 
 
 class StorageError(GoalkitError):

@@ -5,6 +5,7 @@ storage and starts three kinds of task: a scheduler that leases runnable goals (
 unfinished ones from an earlier run, and those of a process whose lease expired) up to
 `max_concurrent`; a heartbeat that renews the leases of the goals it runs; and a coordinator
 per running goal. Every write goes through `_commit`, which stores first and publishes after.
+Streamed text (``live_output``) is the one thing published without being stored.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class GoalManager:
         (expired leases) and for events written by other processes; defaults to a tenth of
         `lease_ttl`, at most 1 s.
     :param entry_points: load plugins installed under the ``goalkit`` entry-point group.
+    :param live_output: stream step answers from providers that can (``stream_step``) and
+        publish each chunk of text as a live-only ``goal.step_delta`` event to the followers
+        of `events` (and so to SSE clients); never stored and never sent to sinks.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class GoalManager:
         lease_ttl: float = 30.0,
         poll_interval: float | None = None,
         entry_points: bool = True,
+        live_output: bool = False,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -125,6 +130,7 @@ class GoalManager:
         self._lease_margin = lease_ttl * 0.9
         self._plugins = tuple(plugins)
         self._entry_points = entry_points
+        self.live_output = live_output
         # A lease owner name unique to this manager instance: the fence token of its writes.
         self.owner_id = f"mgr-{secrets.token_hex(6)}"
         self._bus = EventBus()
@@ -178,6 +184,8 @@ class GoalManager:
         async with AsyncExitStack() as stack:
             await storage.open()
             stack.push_async_callback(storage.close)
+            # After the coordinators stop (the engine group exits first), before storage.
+            stack.push_async_callback(self._close_providers)
             sinks = await stack.enter_async_context(anyio.create_task_group())
             for name, call in implementations(self.plugin_manager, "goalkit_event"):
                 sinks.start_soon(
@@ -211,6 +219,20 @@ class GoalManager:
             self._storage = self._engine = None
             self._closing = False
         return None
+
+    async def _close_providers(self) -> None:
+        # Each provider object once, even when it serves several model names.
+        providers = {id(p): p for p in self._providers.values()}
+        self._providers.clear()
+        for provider in providers.values():
+            close = getattr(provider, "aclose", None)
+            if close is None:
+                continue
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SINK_DRAIN_SECONDS):
+                try:
+                    await resolve(close())
+                except Exception:
+                    log.exception("closing the model provider %r failed", provider)
 
     async def _drain_sinks(self, sinks: TaskGroup) -> None:
         # Sinks finish the events already queued, within a grace period.
@@ -295,6 +317,7 @@ class GoalManager:
                     lease=self.owner_id,
                     policy=self.retry_policy,
                     step_timeout=self.step_timeout,
+                    publish_delta=self._bus.publish_live if self.live_output else None,
                 )
                 await coordinator.run()
         except LeaseLost:
@@ -383,8 +406,13 @@ class GoalManager:
         tags: Iterable[str] = (),
         owner: str = "local",
         idempotency_key: str | None = None,
+        max_tokens: int | None = None,
     ) -> Goal:
         """Store a new goal and start it; raises `InvalidGoal` naming the field at fault.
+
+        `max_tokens` is the goal's total token budget (None: none), counted over every
+        provider call, planning included: no call is made once it is used up, and the goal
+        fails with the error code ``budget_exceeded`` (see the providers guide).
 
         With an `idempotency_key`, a repeated call by the same owner with the same key returns
         the goal the first call created (even when both race), and one with the same key but
@@ -398,6 +426,7 @@ class GoalManager:
             max_retries=self.max_retries if max_retries is None else max_retries,
             tags=tags,
             owner=owner,
+            max_tokens=max_tokens,
         )
         self._provider(spec.model)
         if idempotency_key is not None and (
@@ -423,6 +452,7 @@ class GoalManager:
             phase="created",
             created_at=stamp,
             updated_at=stamp,
+            max_tokens=spec.max_tokens,
         )
         if idempotency_key is None:
             write = partial(self.storage.create_goal, transitions.create(goal))
@@ -529,7 +559,12 @@ class GoalManager:
 
 def _fingerprint(spec: GoalSpec) -> str:
     """A digest of a creation request, to tell a retried request from a different one."""
-    text = json.dumps(attrs.asdict(spec), sort_keys=True, separators=(",", ":"))
+    # No budget leaves the digest as it was before budgets existed, so keys stored by an
+    # earlier version still match their retried requests.
+    fields = attrs.asdict(
+        spec, filter=lambda attribute, value: attribute.name != "max_tokens" or value is not None
+    )
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

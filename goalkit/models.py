@@ -26,9 +26,12 @@ __all__ = [
     "MAX_STEPS",
     "MAX_TAGS",
     "MAX_TAG_LENGTH",
+    "MAX_TOKENS",
     "MODES",
     "STATUSES",
+    "STEP_DELTA",
     "TERMINAL_EVENTS",
+    "Answer",
     "ErrorInfo",
     "Event",
     "Goal",
@@ -40,6 +43,7 @@ __all__ = [
     "Step",
     "StepSpec",
     "StepStatus",
+    "Usage",
     "check_json",
     "new_goal_id",
     "new_workflow_id",
@@ -58,6 +62,8 @@ Mode = Literal["plan", "direct"]
 STATUSES: tuple[Status, ...] = ("active", "completed", "failed", "cancelled")
 MODES: tuple[Mode, ...] = ("plan", "direct")
 TERMINAL_EVENTS = frozenset({"goal.completed", "goal.failed", "goal.cancelled"})
+STEP_DELTA = "goal.step_delta"
+"""The type of the live-only events that carry streamed text; never stored, `id` 0."""
 
 MAX_DESCRIPTION = 10_000
 MAX_STEPS = 100
@@ -69,6 +75,8 @@ MAX_OWNER_LENGTH = 200
 MAX_LIMIT = 500
 """The largest page `GoalManager.list` (and ``GET /api/v1/goals``) returns."""
 MAX_IDEMPOTENCY_KEY = 255
+MAX_TOKENS = 2**53 - 1
+"""The largest token budget (`max_tokens`): the largest integer JSON clients hold exactly."""
 
 
 def new_goal_id() -> str:
@@ -94,6 +102,61 @@ class ErrorInfo:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ErrorInfo:
         return cls(code=str(data["code"]), message=str(data["message"]))
+
+
+def _count(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer of at least 0, got {value!r}")
+
+
+@attrs.frozen
+class Usage:
+    """Tokens used by provider calls, as the model APIs report them.
+
+    Values add up (``a + b``); `Goal.usage` is the sum over every call of the goal, planning
+    included, and `Step.usage` the sum over the attempts of one step.
+    """
+
+    input_tokens: int = attrs.field(default=0, validator=_count)
+    output_tokens: int = attrs.field(default=0, validator=_count)
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens: what a goal's `max_tokens` budget counts."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+        )
+
+    def __bool__(self) -> bool:
+        return self.total_tokens > 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+NO_USAGE = Usage()
+
+
+@attrs.frozen
+class Answer:
+    """What a provider's `plan`, `run_step` or `stream_step` may return to report its usage.
+
+    `value` is what the method would otherwise return (the plan, or the step's JSON result);
+    `usage` the tokens the call used. Returning the bare value stays valid and counts as no
+    tokens.
+    """
+
+    value: Any
+    usage: Usage = attrs.field(default=NO_USAGE, validator=attrs.validators.instance_of(Usage))
 
 
 @attrs.frozen
@@ -126,6 +189,8 @@ class Step:
     error: ErrorInfo | None = None
     started_at: int | None = None
     completed_at: int | None = None
+    usage: Usage = NO_USAGE
+    """Tokens used by every attempt of this step that reported usage."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +203,7 @@ class Step:
             "error": self.error.to_dict() if self.error else None,
             "started_at": self.started_at,
             "completed_at": self.completed_at,
+            "usage": self.usage.to_dict(),
         }
 
 
@@ -146,7 +212,8 @@ class Goal:
     """A persistent objective and the state of the workflow that drives it.
 
     `steps` is filled by `GoalManager.get`; listings leave it empty. `last_event_id` is the
-    number of the goal's newest stored event.
+    number of the goal's newest stored event. `max_tokens` is the goal's token budget (None:
+    no budget) and `usage` the tokens its provider calls used so far, planning included.
     """
 
     id: str
@@ -170,11 +237,23 @@ class Goal:
     completed_at: int | None = None
     last_event_id: int = 0
     steps: tuple[Step, ...] = ()
+    max_tokens: int | None = None
+    usage: Usage = NO_USAGE
 
     @property
     def done(self) -> bool:
         """True once the goal is completed, failed or cancelled."""
         return self.status != "active"
+
+    @property
+    def tokens_left(self) -> int | None:
+        """What is left of the budget (0 when used up), or None when the goal has none.
+
+        Providers cap the output of each call at this (the APIs' ``max_tokens``).
+        """
+        if self.max_tokens is None:
+            return None
+        return max(self.max_tokens - self.usage.total_tokens, 0)
 
     def to_dict(self, *, full: bool = True) -> dict[str, Any]:
         """The goal's JSON form; ``full=False`` leaves out the step history."""
@@ -185,6 +264,7 @@ class Goal:
             "mode": self.mode,
             "max_steps": self.max_steps,
             "max_retries": self.max_retries,
+            "max_tokens": self.max_tokens,
             "tags": list(self.tags),
             "owner": self.owner,
             "status": self.status,
@@ -193,6 +273,7 @@ class Goal:
             "steps_completed": self.steps_completed,
             "total_steps": self.total_steps,
             "current_step": self.current_step,
+            "usage": self.usage.to_dict(),
             "result": self.result,
             "error": self.error.to_dict() if self.error else None,
             "created_at": self.created_at,
@@ -219,6 +300,11 @@ class Event:
     def terminal(self) -> bool:
         """True for `goal.completed`, `goal.failed` and `goal.cancelled`."""
         return self.type in TERMINAL_EVENTS
+
+    @property
+    def durable(self) -> bool:
+        """False for live-only events (`goal.step_delta`, `id` 0), which are never stored."""
+        return self.id > 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +338,7 @@ class GoalSpec:
     max_retries: int
     tags: tuple[str, ...]
     owner: str
+    max_tokens: int | None = None
 
 
 def _int_field(name: str, value: object, low: int, high: int) -> int:
@@ -283,12 +370,14 @@ def validate_goal_spec(
     max_retries: object = 2,
     tags: object = (),
     owner: object = "local",
+    max_tokens: object = None,
 ) -> GoalSpec:
     """Check every creation field and return them normalised, or raise `InvalidGoal`.
 
     The rules: description 1–10,000 characters after stripping; model a non-empty name;
     mode ``plan`` or ``direct``; max_steps 1–100; max_retries 0–10; at most 20 distinct tags
-    of 1–64 characters each (stripped, duplicates dropped, order kept).
+    of 1–64 characters each (stripped, duplicates dropped, order kept); max_tokens None (no
+    budget) or an integer from 1 to 2**53 - 1.
     """
     text = _text_field("description", description, MAX_DESCRIPTION)
     model_name = _text_field("model", model, MAX_MODEL_LENGTH)
@@ -298,6 +387,7 @@ def validate_goal_spec(
     retries = _int_field("max_retries", max_retries, 0, MAX_RETRIES)
     clean_tags = _validate_tags(tags)
     who = _text_field("owner", owner, MAX_OWNER_LENGTH)
+    budget = None if max_tokens is None else _int_field("max_tokens", max_tokens, 1, MAX_TOKENS)
     return GoalSpec(
         description=text,
         model=model_name,
@@ -306,6 +396,7 @@ def validate_goal_spec(
         max_retries=retries,
         tags=clean_tags,
         owner=who,
+        max_tokens=budget,
     )
 
 

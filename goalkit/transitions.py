@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from goalkit.models import JSON, ErrorInfo, Goal, Step, StepSpec
+from goalkit.models import NO_USAGE, JSON, ErrorInfo, Goal, Step, StepSpec, Usage
 
 __all__ = [
     "Transition",
@@ -64,6 +64,7 @@ def create(goal: Goal) -> Transition:
             "max_retries": goal.max_retries,
             "tags": list(goal.tags),
             "owner": goal.owner,
+            "max_tokens": goal.max_tokens,
         },
     )
 
@@ -73,19 +74,32 @@ def decomposing(goal: Goal, now: int, *, lease: str) -> Transition:
     return Transition(goal=_moved(goal, now, phase="decomposing"), lease=lease)
 
 
-def decomposed(goal: Goal, plan: tuple[StepSpec, ...], now: int, *, lease: str) -> Transition:
-    """The plan is known: its steps are stored as pending and `goal.decomposed` records it."""
+def decomposed(
+    goal: Goal, plan: tuple[StepSpec, ...], now: int, *, lease: str, usage: Usage = NO_USAGE
+) -> Transition:
+    """The plan is known: its steps are stored as pending and `goal.decomposed` records it.
+
+    `usage` is what every planning attempt used; it is added to the goal's.
+    """
     steps = tuple(
         Step(index=i, title=spec.title, description=spec.description)
         for i, spec in enumerate(plan, start=1)
     )
     return Transition(
-        goal=_moved(goal, now, phase="running", total_steps=len(steps), current_step=1),
+        goal=_moved(
+            goal,
+            now,
+            phase="running",
+            total_steps=len(steps),
+            current_step=1,
+            usage=goal.usage + usage,
+        ),
         steps=steps,
         event="goal.decomposed",
         data={
             "total_steps": len(steps),
             "steps": [{"index": s.index, "title": s.title} for s in steps],
+            "usage": usage.to_dict(),
         },
         lease=lease,
     )
@@ -105,9 +119,18 @@ def step_started(goal: Goal, step: Step, now: int, *, lease: str) -> Transition:
     )
 
 
-def step_completed(goal: Goal, step: Step, result: JSON, now: int, *, lease: str) -> Transition:
-    """`step` returned `result`; the next step becomes current."""
-    done = attrs.evolve(step, status="completed", result=result, error=None, completed_at=now)
+def step_completed(
+    goal: Goal, step: Step, result: JSON, now: int, *, lease: str, usage: Usage = NO_USAGE
+) -> Transition:
+    """`step` returned `result`, its call using `usage`; the next step becomes current."""
+    done = attrs.evolve(
+        step,
+        status="completed",
+        result=result,
+        error=None,
+        completed_at=now,
+        usage=step.usage + usage,
+    )
     last = step.index >= goal.total_steps
     return Transition(
         goal=_moved(
@@ -115,23 +138,44 @@ def step_completed(goal: Goal, step: Step, result: JSON, now: int, *, lease: str
             now,
             steps_completed=goal.steps_completed + 1,
             current_step=None if last else step.index + 1,
+            usage=goal.usage + usage,
         ),
         steps=(done,),
         event="goal.step_completed",
-        data={"step": step.index, "title": step.title, "attempt": step.attempts, "result": result},
+        data={
+            "step": step.index,
+            "title": step.title,
+            "attempt": step.attempts,
+            "result": result,
+            "usage": usage.to_dict(),
+        },
         lease=lease,
     )
 
 
 def step_failed(
-    goal: Goal, step: Step, error: ErrorInfo, will_retry: bool, now: int, *, lease: str
+    goal: Goal,
+    step: Step,
+    error: ErrorInfo,
+    will_retry: bool,
+    now: int,
+    *,
+    lease: str,
+    usage: Usage = NO_USAGE,
 ) -> Transition:
-    """An attempt of `step` failed; it waits as pending for a retry, or is failed for good."""
+    """An attempt of `step` failed; it waits as pending for a retry, or is failed for good.
+
+    `usage` is what the failed call reported using, if anything (see `ProviderError`).
+    """
     failed = attrs.evolve(
-        step, status="pending" if will_retry else "failed", error=error, completed_at=now
+        step,
+        status="pending" if will_retry else "failed",
+        error=error,
+        completed_at=now,
+        usage=step.usage + usage,
     )
     return Transition(
-        goal=_moved(goal, now),
+        goal=_moved(goal, now, usage=goal.usage + usage),
         steps=(failed,),
         event="goal.step_failed",
         data={
@@ -140,6 +184,7 @@ def step_failed(
             "attempt": step.attempts,
             "will_retry": will_retry,
             "error": error.to_dict(),
+            "usage": usage.to_dict(),
         },
         lease=lease,
     )
@@ -163,10 +208,15 @@ def complete(goal: Goal, result: JSON, now: int, *, lease: str) -> Transition:
     )
 
 
-def fail(goal: Goal, error: ErrorInfo, now: int, *, lease: str | None) -> Transition:
-    """The goal ends as failed with `error`."""
+def fail(
+    goal: Goal, error: ErrorInfo, now: int, *, lease: str | None, usage: Usage = NO_USAGE
+) -> Transition:
+    """The goal ends as failed with `error`; `usage` (planning calls not yet recorded) is added."""
+    total = goal.usage + usage
     return Transition(
-        goal=_moved(goal, now, status="failed", phase="failed", error=error, completed_at=now),
+        goal=_moved(
+            goal, now, status="failed", phase="failed", error=error, completed_at=now, usage=total
+        ),
         event="goal.failed",
         data={"error": error.to_dict(), "steps_completed": goal.steps_completed},
         lease=lease,

@@ -42,6 +42,8 @@ GOAL_FIELDS = {
     "created_at",
     "updated_at",
     "completed_at",
+    "max_tokens",
+    "usage",
 }
 STEP_FIELDS = {
     "index",
@@ -53,6 +55,7 @@ STEP_FIELDS = {
     "error",
     "started_at",
     "completed_at",
+    "usage",
 }
 EVENT_FIELDS = {"id", "type", "goal_id", "workflow_id", "ts", "data"}
 
@@ -246,12 +249,20 @@ class TestEventLog:
         assert goal.last_event_id == 7
         assert {(e.goal_id, e.workflow_id) for e in events} == {(goal.id, goal.workflow_id)}
         assert [e.terminal for e in events] == [False] * 6 + [True]
+        no_usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         assert events[1].data == {
             "total_steps": 2,
             "steps": [{"index": 1, "title": "a"}, {"index": 2, "title": "b"}],
+            "usage": no_usage,
         }
         assert events[2].data == {"step": 1, "title": "a", "attempt": 1}
-        assert events[3].data == {"step": 1, "title": "a", "attempt": 1, "result": "ra"}
+        assert events[3].data == {
+            "step": 1,
+            "title": "a",
+            "attempt": 1,
+            "result": "ra",
+            "usage": no_usage,
+        }
         assert events[-1].data == {"result": "rb", "steps_completed": 2}
         # The sink saw the very same events (sinks are drained when the manager exits).
         assert recorder.of(goal.id) == events
@@ -273,6 +284,7 @@ class TestEventLog:
             "max_retries": 1,
             "tags": ["t"],
             "owner": "o",
+            "max_tokens": None,
         }
 
 

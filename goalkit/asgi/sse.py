@@ -41,8 +41,14 @@ class _Gone(Exception):
 
 
 def format_event(event: Event) -> bytes:
-    """One SSE message: ``id``, ``event`` and a one-line JSON ``data``, then a blank line."""
-    head = f"id: {event.id}\nevent: {event.type}\ndata: ".encode()
+    """One SSE message: ``id``, ``event`` and a one-line JSON ``data``, then a blank line.
+
+    A live-only event (``goal.step_delta``) has no ``id:`` line, so the id a client
+    reconnects from (``Last-Event-ID``) is always the number of a stored event.
+    """
+    head = f"event: {event.type}\ndata: ".encode()
+    if event.durable:
+        head = f"id: {event.id}\n".encode() + head
     return head + json_bytes(event.to_dict()) + b"\n\n"
 
 

@@ -39,7 +39,7 @@ from sqlite_utils.migrations import Migrations
 
 from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost, StorageError
 from goalkit.hookspecs import hookimpl
-from goalkit.models import JSON, ErrorInfo, Event, Goal, Page, Status, Step
+from goalkit.models import JSON, ErrorInfo, Event, Goal, Page, Status, Step, Usage
 from goalkit.storage import KEY_REUSED, Storage
 from goalkit.transitions import Transition
 
@@ -131,6 +131,22 @@ def _idempotency_keys(db: Database) -> None:
     )
 
 
+USAGE_STATEMENTS = (
+    "ALTER TABLE goals ADD COLUMN max_tokens INTEGER",
+    "ALTER TABLE goals ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE goals ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE steps ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE steps ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0",
+)
+
+
+@MIGRATIONS(name="0003_usage")
+def _usage(db: Database) -> None:
+    # Token budgets and usage. Rows written before it read as no budget and no tokens used.
+    for statement in USAGE_STATEMENTS:
+        db.execute(statement)
+
+
 _GOAL_FIELDS = [
     "id",
     "workflow_id",
@@ -152,34 +168,38 @@ _GOAL_FIELDS = [
     "updated_at",
     "completed_at",
     "last_event_id",
+    "max_tokens",
+    "input_tokens",
+    "output_tokens",
 ]
 _GOAL_COLUMNS = ", ".join(_GOAL_FIELDS)
 _SELECT_GOAL = f"SELECT {_GOAL_COLUMNS} FROM goals WHERE id = ?"
 _SELECT_STEPS = (
-    "SELECT idx, title, description, status, attempts, result, error, started_at, completed_at "
-    "FROM steps WHERE goal_id = ? ORDER BY idx"
+    "SELECT idx, title, description, status, attempts, result, error, started_at, completed_at, "
+    "input_tokens, output_tokens FROM steps WHERE goal_id = ? ORDER BY idx"
 )
 _INSERT_GOAL = """
     INSERT INTO goals (id, workflow_id, description, model, mode, max_steps, max_retries, tags,
         owner, status, phase, total_steps, steps_completed, current_step, result, error,
-        created_at, updated_at, completed_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        created_at, updated_at, completed_at, max_tokens, input_tokens, output_tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO NOTHING
 """
 _UPSERT_STEP = """
     INSERT INTO steps (goal_id, idx, title, description, status, attempts, result, error,
-        started_at, completed_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        started_at, completed_at, input_tokens, output_tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (goal_id, idx) DO UPDATE SET title = excluded.title,
         description = excluded.description, status = excluded.status,
         attempts = excluded.attempts, result = excluded.result, error = excluded.error,
-        started_at = excluded.started_at, completed_at = excluded.completed_at
+        started_at = excluded.started_at, completed_at = excluded.completed_at,
+        input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens
 """
 _INSERT_EVENT = "INSERT INTO events (goal_id, id, type, ts, data) VALUES (?, ?, ?, ?, ?)"
 _UPDATE_GOAL = """
     UPDATE goals SET status = ?, phase = ?, total_steps = ?, steps_completed = ?,
         current_step = ?, result = ?, error = ?, updated_at = ?, completed_at = ?,
-        last_event_id = ?,
+        last_event_id = ?, input_tokens = ?, output_tokens = ?,
         lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END,
         lease_expires = CASE WHEN ? THEN 0 ELSE lease_expires END
     WHERE seq = ?
@@ -232,6 +252,8 @@ def _goal(row: Mapping[str, Any], steps: tuple[Step, ...] = ()) -> Goal:
         completed_at=row["completed_at"],
         last_event_id=row["last_event_id"],
         steps=steps,
+        max_tokens=row["max_tokens"],
+        usage=Usage(row["input_tokens"], row["output_tokens"]),
     )
 
 
@@ -246,6 +268,7 @@ def _step(row: Mapping[str, Any]) -> Step:
         error=_load_error(row["error"]),
         started_at=row["started_at"],
         completed_at=row["completed_at"],
+        usage=Usage(row["input_tokens"], row["output_tokens"]),
     )
 
 
@@ -392,6 +415,9 @@ class SQLiteStorage:
             goal.created_at,
             goal.updated_at,
             goal.completed_at,
+            goal.max_tokens,
+            goal.usage.input_tokens,
+            goal.usage.output_tokens,
         )
 
         def work(db: Database) -> Event:
@@ -448,6 +474,8 @@ class SQLiteStorage:
                     _dump_error(s.error),
                     s.started_at,
                     s.completed_at,
+                    s.usage.input_tokens,
+                    s.usage.output_tokens,
                 )
                 for s in transition.steps
             ],
@@ -479,6 +507,8 @@ class SQLiteStorage:
                 goal.updated_at,
                 goal.completed_at,
                 last,
+                goal.usage.input_tokens,
+                goal.usage.output_tokens,
                 goal.done,
                 goal.done,
                 seq,
