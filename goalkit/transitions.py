@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from goalkit.models import NO_USAGE, JSON, ErrorInfo, Goal, Step, StepSpec, Usage
+from goalkit.models import JSON, NO_USAGE, ErrorInfo, Goal, Step, StepSpec, Usage
 
 __all__ = [
     "Transition",

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goalkit.models import Goal, Step, StepSpec
+from goalkit.models import Goal, Step, StepSpec, Usage
 from goalkit.providers import ModelProvider
 from goalkit.providers.scripted import ScriptedProvider, goalkit_model_provider, split_clauses
 
@@ -34,7 +34,8 @@ def make_goal(description: str, *, max_steps: int = 10, total_steps: int = 0) ->
 
 
 async def plan(description: str, max_steps: int = 10) -> list[StepSpec]:
-    return await ScriptedProvider().plan(make_goal(description, max_steps=max_steps), max_steps)
+    answer = await ScriptedProvider().plan(make_goal(description, max_steps=max_steps), max_steps)
+    return list(answer.value)
 
 
 def titles(steps: list[StepSpec]) -> list[str]:
@@ -161,12 +162,12 @@ class TestRunStep:
         first = Step(index=1, title="Research", status="completed", result="r")
         step = Step(index=2, title="Draft", status="running", attempts=1)
         provider = ScriptedProvider()
-        assert await provider.run_step(goal, step, [first]) == (
-            "[scripted] Step 2/3 'Draft': done (builds on 1 previous step)"
-        )
-        assert await provider.run_step(goal, Step(index=1, title="Research"), []) == (
-            "[scripted] Step 1/3 'Research': done (first step)"
-        )
+        second = await provider.run_step(goal, step, [first])
+        assert second.value == "[scripted] Step 2/3 'Draft': done (builds on 1 previous step)"
+        # One token per word: description + title + earlier results in, the result out.
+        assert second.usage == Usage(input_tokens=1 + 1 + 1, output_tokens=10)
+        one = await provider.run_step(goal, Step(index=1, title="Research"), [])
+        assert one.value == "[scripted] Step 1/3 'Research': done (first step)"
 
     async def test_deterministic(self) -> None:
         """Two providers give the same answer for the same inputs."""

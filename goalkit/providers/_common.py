@@ -17,15 +17,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from goalkit.errors import ProviderError
 from goalkit.models import JSON, Goal, Step, StepSpec
 
 __all__ = [
     "PLAN_SYSTEM",
     "STEP_SYSTEM",
-    "Usage",
     "http_fault",
     "installed",
     "parse_plan",
@@ -53,14 +50,6 @@ STEP_SYSTEM = (
     "it. Answer with the result of this step itself (the content asked for), not with a "
     "description of what you would do."
 )
-
-
-@attrs.frozen
-class Usage:
-    """Tokens one call used, as the API reported them (what part 2 records on the step)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 def installed(package: str) -> bool:

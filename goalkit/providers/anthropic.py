@@ -24,11 +24,11 @@ import attrs
 
 from goalkit.errors import InvalidGoal, ProviderError
 from goalkit.hookspecs import hookimpl
-from goalkit.models import JSON, Goal, Step, StepSpec
+from goalkit.models import NO_USAGE, Answer, Goal, Step, Usage
+from goalkit.providers import Emit
 from goalkit.providers._common import (
     PLAN_SYSTEM,
     STEP_SYSTEM,
-    Usage,
     connection_fault,
     http_fault,
     installed,
@@ -97,20 +97,38 @@ class AnthropicProvider:
             **options,
         )
 
-    async def _message(self, system: str, prompt: str, **options: Any) -> tuple[Message, Usage]:
+    async def _message(
+        self, goal: Goal, system: str, prompt: str, emit: Emit | None = None, **options: Any
+    ) -> tuple[Reply, Usage]:
+        """One Messages API call: what came back and the usage the API reported.
+
+        With `emit` the answer is streamed (``stream=True``) and each text delta is passed
+        to it as it arrives. The answer's length is capped at what is left of the goal's
+        budget when that is less than ``max_output_tokens``.
+        """
         import anthropic
 
+        cap = self.endpoint.max_output_tokens
+        left = goal.tokens_left
+        if left is not None:
+            cap = max(min(cap, left), 1)
         # Built in a worker thread: importing the client and creating its SSL context take
         # long enough to stall the event loop.
         client = await anyio.to_thread.run_sync(self._client)
+        usage = NO_USAGE
         try:
-            message: Message = await client.messages.create(
-                model=self.model,
-                max_tokens=self.endpoint.max_output_tokens,
-                system=system,
-                messages=[{"role": "user", "content": prompt}],
-                **options,
-            )
+            if emit is None:
+                message: Message = await client.messages.create(
+                    model=self.model,
+                    max_tokens=cap,
+                    system=system,
+                    messages=[{"role": "user", "content": prompt}],
+                    **options,
+                )
+                usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
+                reply = Reply(list(message.content), message.stop_reason)
+            else:
+                reply, usage = await self._stream(client, cap, system, prompt, emit)
         except anthropic.APIStatusError as exc:
             raise http_fault(
                 SERVICE,
@@ -123,18 +141,46 @@ class AnthropicProvider:
             ) from None
         except anthropic.APIConnectionError as exc:
             raise connection_fault(SERVICE, str(client.base_url), exc) from None
+        except anthropic.APIError as exc:  # an error event in the middle of a stream
+            raise ProviderError(
+                f"{SERVICE} failed for model {self.model!r}: {exc.message}", usage=usage
+            ) from None
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
-        return message, Usage(message.usage.input_tokens, message.usage.output_tokens)
+        return reply, usage
 
-    @staticmethod
-    def _text(message: Message) -> str:
-        return "".join(block.text for block in message.content if block.type == "text")
+    async def _stream(
+        self, client: AsyncAnthropic, cap: int, system: str, prompt: str, emit: Emit
+    ) -> tuple[Reply, Usage]:
+        stream = await client.messages.create(
+            model=self.model,
+            max_tokens=cap,
+            system=system,
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+        )
+        pieces: list[str] = []
+        input_tokens = output_tokens = 0
+        stop_reason: str | None = None
+        async with stream:
+            async for event in stream:
+                if event.type == "message_start":
+                    input_tokens = event.message.usage.input_tokens
+                    output_tokens = event.message.usage.output_tokens
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    pieces.append(event.delta.text)
+                    emit(event.delta.text)
+                elif event.type == "message_delta":
+                    # Cumulative counts: the last one is the call's.
+                    output_tokens = event.usage.output_tokens
+                    stop_reason = event.delta.stop_reason
+        return Reply([TextBlock("".join(pieces))], stop_reason), Usage(input_tokens, output_tokens)
 
-    async def plan(self, goal: Goal, max_steps: int) -> list[StepSpec]:
+    async def plan(self, goal: Goal, max_steps: int) -> Answer:
         """Ask for 1 to `max_steps` steps through a forced ``submit_plan`` tool call."""
-        message, _usage = await self._message(
+        reply, usage = await self._message(
+            goal,
             PLAN_SYSTEM,
             plan_prompt(goal, max_steps),
             tools=[
@@ -146,26 +192,63 @@ class AnthropicProvider:
             ],
             tool_choice={"type": "tool", "name": PLAN_TOOL},
         )
-        # Part 2 records `_usage` here (on the goal: planning has no step of its own).
-        for block in message.content:
-            if block.type == "tool_use" and block.name == PLAN_TOOL:
-                return parse_plan(block.input, max_steps, said=json.dumps(block.input))
+        try:
+            for block in reply.content:
+                if block.type == "tool_use" and block.name == PLAN_TOOL:
+                    plan = parse_plan(block.input, max_steps, said=json.dumps(block.input))
+                    return Answer(plan, usage)
+        except ProviderError as exc:
+            exc.usage = usage  # a malformed plan's tokens were spent all the same
+            raise
         raise ProviderError(
             f"malformed plan: {SERVICE} did not call {PLAN_TOOL} for model {self.model!r}: "
-            f"{quote(self._text(message))}"
+            f"{quote(reply.text)}",
+            usage=usage,
         )
 
-    async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> JSON:
-        """Send the goal, the completed steps and this step; return the answer text."""
-        message, _usage = await self._message(STEP_SYSTEM, step_prompt(goal, step, previous))
-        # Part 2 records `_usage` here, on the step (and in its goal.step_completed event).
-        text = self._text(message)
+    def _result(self, reply: Reply, usage: Usage) -> Answer:
+        text = reply.text
         if not text.strip():
             raise ProviderError(
                 f"{SERVICE} answered with no text for model {self.model!r} "
-                f"(stop_reason {message.stop_reason!r})"
+                f"(stop_reason {reply.stop_reason!r})",
+                usage=usage,
             )
-        return text
+        return Answer(text, usage)
+
+    async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> Answer:
+        """Send the goal, the completed steps and this step; return the answer text."""
+        reply, usage = await self._message(goal, STEP_SYSTEM, step_prompt(goal, step, previous))
+        return self._result(reply, usage)
+
+    async def stream_step(
+        self, goal: Goal, step: Step, previous: Sequence[Step], emit: Emit
+    ) -> Answer:
+        """As `run_step`, streaming the answer and passing each text delta to `emit`."""
+        reply, usage = await self._message(
+            goal, STEP_SYSTEM, step_prompt(goal, step, previous), emit
+        )
+        return self._result(reply, usage)
+
+
+@attrs.frozen
+class TextBlock:
+    """The text of a streamed answer, shaped like the client's text block."""
+
+    text: str
+    type: str = "text"
+
+
+@attrs.frozen
+class Reply:
+    """The content blocks and stop reason of an answer, streamed or not."""
+
+    content: list[Any]
+    stop_reason: str | None
+
+    @property
+    def text(self) -> str:
+        return "".join(block.text for block in self.content if block.type == "text")
 
 
 class AnthropicProviders:

@@ -37,11 +37,11 @@ import attrs
 
 from goalkit.errors import InvalidGoal, ProviderError
 from goalkit.hookspecs import hookimpl
-from goalkit.models import JSON, Goal, Step, StepSpec
+from goalkit.models import NO_USAGE, Answer, Goal, Step, Usage
+from goalkit.providers import Emit
 from goalkit.providers._common import (
     PLAN_SYSTEM,
     STEP_SYSTEM,
-    Usage,
     connection_fault,
     http_fault,
     installed,
@@ -54,6 +54,7 @@ from goalkit.providers._common import (
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+    from openai.types import CompletionUsage
     from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 __all__ = ["OpenAIProvider", "OpenAIProviders", "goalkit_model_provider", "route"]
@@ -147,17 +148,60 @@ class OpenAIProvider:
         )
 
     async def _complete(
-        self, messages: list[ChatCompletionMessageParam], **options: Any
-    ) -> tuple[str, Usage | None]:
+        self,
+        goal: Goal,
+        messages: list[ChatCompletionMessageParam],
+        emit: Emit | None = None,
+        **options: Any,
+    ) -> tuple[str, Usage]:
+        """One chat completion: the answer text and the usage the server reported.
+
+        With `emit` the answer is streamed (``stream=True``, asking for usage in the last
+        chunk) and each piece of text is passed to it as it arrives.
+        """
         import openai
 
+        left = goal.tokens_left
+        if left is not None:
+            # OpenAI itself wants max_completion_tokens (its reasoning models refuse
+            # max_tokens); compatible servers know max_tokens.
+            cap = "max_completion_tokens" if self.endpoint.service == "OpenAI" else "max_tokens"
+            options[cap] = max(left, 1)
         # Built in a worker thread: importing the client and creating its SSL context take
         # tens of milliseconds that should not block the event loop.
         client = await anyio.to_thread.run_sync(self._client)
+        usage = NO_USAGE
         try:
-            response: ChatCompletion = await client.chat.completions.create(
-                model=self.model, messages=messages, **options
-            )
+            if emit is None:
+                response: ChatCompletion = await client.chat.completions.create(
+                    model=self.model, messages=messages, **options
+                )
+                usage = _usage(response.usage)
+                if not response.choices:
+                    raise self._malformed("no choices", "", usage)
+                message = response.choices[0].message
+                text, refusal = message.content or "", message.refusal
+            else:
+                stream = await client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **options,
+                )
+                pieces: list[str] = []
+                refusals: list[str] = []
+                async with stream:
+                    async for chunk in stream:
+                        if chunk.usage is not None:
+                            usage = _usage(chunk.usage)
+                        for choice in chunk.choices[:1]:
+                            if choice.delta.content:
+                                pieces.append(choice.delta.content)
+                                emit(choice.delta.content)
+                            if choice.delta.refusal:
+                                refusals.append(choice.delta.refusal)
+                text, refusal = "".join(pieces), "".join(refusals) or None
         except openai.APIStatusError as exc:
             raise http_fault(
                 self.endpoint.service,
@@ -170,30 +214,28 @@ class OpenAIProvider:
             ) from None
         except openai.APIConnectionError as exc:
             raise connection_fault(self.endpoint.service, str(client.base_url), exc) from None
+        except openai.APIError as exc:  # an error event in the middle of a stream
+            raise ProviderError(
+                f"{self.endpoint.service} failed for model {self.model!r}: {exc.message}",
+                usage=usage,
+            ) from None
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
-        usage = (
-            Usage(response.usage.prompt_tokens, response.usage.completion_tokens)
-            if response.usage is not None
-            else None
-        )
-        if not response.choices:
-            raise self._malformed("no choices", "")
-        message = response.choices[0].message
-        text = message.content or ""
-        if not text and message.refusal:
-            raise self._malformed("a refusal", message.refusal)
+        if not text and refusal:
+            raise self._malformed("a refusal", refusal, usage)
         return text, usage
 
-    def _malformed(self, what: str, said: str) -> ProviderError:
+    def _malformed(self, what: str, said: str, usage: Usage) -> ProviderError:
         return ProviderError(
-            f"{self.endpoint.service} answered with {what} for model {self.model!r}: {quote(said)}"
+            f"{self.endpoint.service} answered with {what} for model {self.model!r}: {quote(said)}",
+            usage=usage,
         )
 
-    async def plan(self, goal: Goal, max_steps: int) -> list[StepSpec]:
+    async def plan(self, goal: Goal, max_steps: int) -> Answer:
         """Ask for 1 to `max_steps` steps as JSON matching the plan schema."""
-        text, _usage = await self._complete(
+        text, usage = await self._complete(
+            goal,
             [
                 {"role": "system", "content": PLAN_SYSTEM},
                 {"role": "user", "content": plan_prompt(goal, max_steps)},
@@ -203,21 +245,42 @@ class OpenAIProvider:
                 "json_schema": {"name": "plan", "strict": True, "schema": plan_schema(max_steps)},
             },
         )
-        # Part 2 records `_usage` here (on the goal: planning has no step of its own).
-        return parse_plan(text, max_steps)
+        try:
+            return Answer(parse_plan(text, max_steps), usage)
+        except ProviderError as exc:
+            exc.usage = usage  # a malformed plan's tokens were spent all the same
+            raise
 
-    async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> JSON:
-        """Send the goal, the completed steps and this step; return the answer text."""
-        text, _usage = await self._complete(
-            [
-                {"role": "system", "content": STEP_SYSTEM},
-                {"role": "user", "content": step_prompt(goal, step, previous)},
-            ]
-        )
-        # Part 2 records `_usage` here, on the step (and in its goal.step_completed event).
+    def _step_messages(
+        self, goal: Goal, step: Step, previous: Sequence[Step]
+    ) -> list[ChatCompletionMessageParam]:
+        return [
+            {"role": "system", "content": STEP_SYSTEM},
+            {"role": "user", "content": step_prompt(goal, step, previous)},
+        ]
+
+    def _result(self, text: str, usage: Usage) -> Answer:
         if not text.strip():
-            raise self._malformed("an empty answer", text)
-        return text
+            raise self._malformed("an empty answer", text, usage)
+        return Answer(text, usage)
+
+    async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> Answer:
+        """Send the goal, the completed steps and this step; return the answer text."""
+        text, usage = await self._complete(goal, self._step_messages(goal, step, previous))
+        return self._result(text, usage)
+
+    async def stream_step(
+        self, goal: Goal, step: Step, previous: Sequence[Step], emit: Emit
+    ) -> Answer:
+        """As `run_step`, streaming the answer and passing each piece of text to `emit`."""
+        text, usage = await self._complete(goal, self._step_messages(goal, step, previous), emit)
+        return self._result(text, usage)
+
+
+def _usage(usage: CompletionUsage | None) -> Usage:
+    if usage is None:
+        return NO_USAGE
+    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
 
 
 class OpenAIProviders:

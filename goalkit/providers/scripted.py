@@ -22,6 +22,12 @@ tail is merged (joined with ``"; "``) into the last step. With a single clause t
 fixed ``Research: …``, ``Draft: …``, ``Review: …``, cut to `max_steps`. Titles are at most
 200 characters (cut with ``…``); the step's description keeps the full text.
 
+Usage: it reports one token per word (runs of non-space characters), deterministically, so
+budgets and usage can be tried offline: a plan call's input is the description and its output
+the plan's titles and descriptions; a step call's input is the description, the step's title
+and the results of the steps before it, and its output the result. With the manager's
+``live_output`` on, `stream_step` hands out the result a word at a time.
+
 Model names: ``scripted`` answers at once; ``scripted/slow`` waits 0.5 s per call;
 ``scripted/<seconds>`` (``scripted/0.2``) waits that long per call, up to 60 s; any other
 ``scripted/<label>`` is the plain provider under another name.
@@ -37,7 +43,8 @@ import anyio
 import anyio.lowlevel
 
 from goalkit.hookspecs import hookimpl
-from goalkit.models import JSON, Goal, Step, StepSpec
+from goalkit.models import Answer, Goal, Step, StepSpec, Usage
+from goalkit.providers import Emit
 
 __all__ = ["ScriptedProvider", "goalkit_model_provider", "split_clauses"]
 
@@ -156,15 +163,39 @@ class ScriptedProvider:
         if self.delay:
             await anyio.sleep(self.delay)
 
-    async def plan(self, goal: Goal, max_steps: int) -> list[StepSpec]:
+    async def plan(self, goal: Goal, max_steps: int) -> Answer:
         """Split the description into 1 to `max_steps` steps (2 or more when allowed)."""
         await self._pause()
-        return _plan(goal.description, max(1, max_steps))
+        plan = _plan(goal.description, max(1, max_steps))
+        said = sum(_words(s.title) + _words(s.description or "") for s in plan)
+        return Answer(plan, Usage(_words(goal.description), said))
 
-    async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> JSON:
+    async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> Answer:
         """Return a sentence saying this step is done and how many steps it builds on."""
         await self._pause()
-        return _result(goal, step, previous)
+        return _answer(goal, step, previous)
+
+    async def stream_step(
+        self, goal: Goal, step: Step, previous: Sequence[Step], emit: Emit
+    ) -> Answer:
+        """As `run_step`, handing the result to `emit` a word at a time."""
+        await self._pause()
+        answer = _answer(goal, step, previous)
+        for word in re.findall(r"\S+\s*", answer.value):
+            emit(word)
+            await anyio.lowlevel.checkpoint()
+        return answer
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _answer(goal: Goal, step: Step, previous: Sequence[Step]) -> Answer:
+    result = _result(goal, step, previous)
+    context = sum(_words(s.result) for s in previous if isinstance(s.result, str))
+    said = _words(goal.description) + _words(step.title) + context
+    return Answer(result, Usage(said, _words(result)))
 
 
 def _delay_for(variant: str) -> float:
