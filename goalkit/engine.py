@@ -404,9 +404,7 @@ class Coordinator:
             )
         else:
             plan, usage = await self._plan()
-        transition = transitions.decomposed(
-            self.goal, plan, now(), lease=self.lease, usage=usage
-        )
+        transition = transitions.decomposed(self.goal, plan, now(), lease=self.lease, usage=usage)
         await self._apply(transition)
         return list(transition.steps)
 

@@ -12,7 +12,7 @@ import pytest
 
 from goalkit import transitions
 from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost
-from goalkit.models import ErrorInfo, Goal, StepSpec, new_goal_id, new_workflow_id
+from goalkit.models import ErrorInfo, Goal, StepSpec, Usage, new_goal_id, new_workflow_id
 from goalkit.storage import Storage
 from goalkit.storage import memory as memory_backend
 from goalkit.storage import sqlite as sqlite_backend
@@ -36,7 +36,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await backend.close()
 
 
-def new_goal(*, owner: str = "alice", tags: tuple[str, ...] = (), max_steps: int = 10) -> Goal:
+def new_goal(
+    *,
+    owner: str = "alice",
+    tags: tuple[str, ...] = (),
+    max_steps: int = 10,
+    max_tokens: int | None = None,
+) -> Goal:
     return Goal(
         id=new_goal_id(),
         workflow_id=new_workflow_id(),
@@ -51,6 +57,7 @@ def new_goal(*, owner: str = "alice", tags: tuple[str, ...] = (), max_steps: int
         phase="created",
         created_at=NOW,
         updated_at=NOW,
+        max_tokens=max_tokens,
     )
 
 
@@ -294,6 +301,66 @@ class TestSteps:
         (event,) = await store.read_events(goal.id, after=3)
         assert event.data["error"] == error.to_dict()
         assert event.data["will_retry"] is True
+
+
+class TestUsage:
+    """Budgets and token usage are stored with the goal and its steps, and add up."""
+
+    async def test_budget_is_stored_and_read_back_everywhere(self, store: Storage) -> None:
+        goal = await claimed(store, max_tokens=1234)
+        assert goal.max_tokens == 1234
+        assert (await create(store)).max_tokens is None
+        page = await store.list_goals()
+        assert [g.max_tokens for g in page.items] == [None, 1234]
+        assert [g.max_tokens for g in await store.goals_by_workflow(goal.workflow_id)] == [1234]
+        (event,) = await store.read_events(goal.id)
+        assert event.data["max_tokens"] == 1234
+
+    async def test_usage_adds_up_over_planning_and_attempts(self, store: Storage) -> None:
+        goal = await claimed(store, max_tokens=1000)
+        assert goal.usage == Usage()
+        goal = await apply(store, transitions.decomposing(goal, NOW, lease="m1"))
+        goal = await apply(
+            store,
+            transitions.decomposed(goal, (StepSpec("a"),), NOW, lease="m1", usage=Usage(10, 5)),
+        )
+        assert goal.usage == Usage(10, 5)
+        goal = await apply(store, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+        error = ErrorInfo("step_error", "malformed")
+        goal = await apply(
+            store,
+            transitions.step_failed(
+                goal, goal.steps[0], error, True, NOW, lease="m1", usage=Usage(3, 2)
+            ),
+        )
+        goal = await apply(store, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+        goal = await apply(
+            store,
+            transitions.step_completed(
+                goal, goal.steps[0], "r", NOW, lease="m1", usage=Usage(7, 11)
+            ),
+        )
+        assert goal.steps[0].usage == Usage(10, 13)
+        assert goal.usage == Usage(20, 18)
+        assert goal.usage.total_tokens == 38 and goal.tokens_left == 962
+        [listed] = (await store.list_goals()).items
+        assert listed.usage == Usage(20, 18)
+        events = await store.read_events(goal.id)
+        usage = {e.type: e.data.get("usage") for e in events}
+        assert usage["goal.decomposed"] == Usage(10, 5).to_dict()
+        assert usage["goal.step_failed"] == Usage(3, 2).to_dict()
+        assert usage["goal.step_completed"] == {
+            "input_tokens": 7,
+            "output_tokens": 11,
+            "total_tokens": 18,
+        }
+        goal = await apply(
+            store,
+            transitions.fail(
+                goal, ErrorInfo("budget_exceeded", "x"), NOW, lease="m1", usage=Usage(1, 1)
+            ),
+        )
+        assert goal.usage == Usage(21, 19)
 
 
 class TestListing:

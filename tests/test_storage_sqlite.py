@@ -15,7 +15,7 @@ from sqlite_utils import Database
 
 from goalkit import transitions
 from goalkit.errors import GoalkitError, LeaseLost, StorageError
-from goalkit.models import ErrorInfo, Event, Goal, StepSpec, new_goal_id, new_workflow_id
+from goalkit.models import ErrorInfo, Event, Goal, StepSpec, Usage, new_goal_id, new_workflow_id
 from goalkit.storage import Storage
 from goalkit.storage.memory import MemoryStorage
 from goalkit.storage.sqlite import MIGRATIONS, SQLiteStorage, goalkit_storage
@@ -229,6 +229,42 @@ class TestMigrations:
         with sqlite3.connect(stepwise) as a, sqlite3.connect(fresh) as b:
             assert schema(a) == schema(b)
             assert len(schema(a)) >= 8  # goals, goal_tags, steps, events, their indexes
+
+    async def test_goals_from_before_usage_read_as_unbudgeted_and_unused(
+        self, db_path: Path
+    ) -> None:
+        """0003_usage keeps older rows: no budget, zero tokens, and they go on adding up."""
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        MIGRATIONS.apply(Database(conn, execute_plugins=False), stop_before="0003_usage")
+        conn.close()
+        # A goal and step as the previous release wrote them, before the new columns.
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        goal = new_goal()
+        conn.execute(
+            "INSERT INTO goals (id, workflow_id, description, model, mode, max_steps, "
+            "max_retries, tags, owner, status, phase, total_steps, steps_completed, "
+            "created_at, updated_at) VALUES (?, ?, 'x', 'scripted', 'plan', 3, 2, '[]', "
+            "'alice', 'active', 'running', 1, 0, 0, 0)",
+            (goal.id, goal.workflow_id),
+        )
+        conn.execute(
+            "INSERT INTO steps (goal_id, idx, title, status, attempts) "
+            "VALUES (?, 1, 'a', 'pending', 0)",
+            (goal.id,),
+        )
+        conn.close()
+        old = SQLiteStorage(db_path)
+        await old.open()
+        try:
+            stored = await old.get_goal(goal.id)
+            assert stored is not None
+            assert (stored.max_tokens, stored.usage, stored.steps[0].usage) == (
+                None,
+                Usage(),
+                Usage(),
+            )
+        finally:
+            await old.close()
 
     async def test_concurrent_first_open_migrates_once(self, db_path: Path) -> None:
         """Several stores opening one fresh file at the same time all succeed, migrating once."""

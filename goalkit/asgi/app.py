@@ -66,6 +66,7 @@ from goalkit.models import (
     MAX_STEPS,
     MAX_TAG_LENGTH,
     MAX_TAGS,
+    MAX_TOKENS,
     MODES,
     STATUSES,
 )
@@ -147,10 +148,8 @@ class GoalkitApp:
         self.send_timeout = send_timeout
         self._authenticate = authenticate
         self._opener = Opener(manager)
-        # Token budgets reach the manager only once it takes them (SPEC §4 lists the field).
-        self.budgets = "max_tokens" in inspect.signature(manager.create).parameters
         self._open_streams: set[anyio.CancelScope] = set()
-        self._document = json_bytes(openapi.document(budgets=self.budgets))
+        self._document = json_bytes(openapi.document())
         goal_path = r"/api/v1/goals/(?P<goal_id>[^/]+)"
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/api/v1/goals"), {"GET": self._list, "POST": self._create}),
@@ -312,7 +311,7 @@ class GoalkitApp:
         root = request.scope.get("root_path") or ""
         if root:
             # Mounted: tell clients (schemathesis, Swagger UI) where the paths really are.
-            document = openapi.document(budgets=self.budgets)
+            document = openapi.document()
             document["servers"] = [{"url": root}]
             body = json_bytes(document)
         await send(
@@ -333,7 +332,7 @@ class GoalkitApp:
         data = parse_json(await request.body(self.max_body))
         if not isinstance(data, dict):
             raise bad_request("body", "must be a JSON object")
-        fields = goal_fields(data, budgets=self.budgets)
+        fields = goal_fields(data)
         key = request.headers.get("idempotency-key")
         if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
             raise bad_request(
@@ -491,7 +490,7 @@ def _whole(data: Mapping[str, Any], name: str, low: int, high: int) -> int:
     return value
 
 
-def goal_fields(data: Mapping[str, Any], *, budgets: bool = False) -> dict[str, Any]:
+def goal_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `GoalManager.create` from a request body, or a 400.
 
     Only the creation fields are accepted: a server-owned one (``owner``, ``status``, ``id``
@@ -531,11 +530,8 @@ def goal_fields(data: Mapping[str, Any], *, budgets: bool = False) -> dict[str, 
                 )
             _unicode("tags", tag)
         fields["tags"] = tags
-    if data.get("max_tokens") is not None:
-        budget = _whole(data, "max_tokens", 1, MAX_INTEGER)
-        if not budgets:
-            raise bad_request("max_tokens", "token budgets are not supported by this server")
-        fields["max_tokens"] = budget
+    if data.get("max_tokens") is not None:  # null: no budget, as when the field is left out
+        fields["max_tokens"] = _whole(data, "max_tokens", 1, MAX_TOKENS)
     return fields
 
 

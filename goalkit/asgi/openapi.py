@@ -20,16 +20,18 @@ from goalkit.models import (
     MAX_STEPS,
     MAX_TAG_LENGTH,
     MAX_TAGS,
+    MAX_TOKENS,
     MODES,
     STATUSES,
+    STEP_DELTA,
     TERMINAL_EVENTS,
 )
 
 __all__ = ["document"]
 
 MAX_INTEGER = 2**53 - 1
-"""The largest offset, event id or token budget accepted: the largest integer JSON clients
-(JavaScript) hold exactly, and far inside what storage backends can bind."""
+"""The largest offset or event id accepted: the largest integer JSON clients (JavaScript)
+hold exactly, and far inside what storage backends can bind (`MAX_TOKENS` is the same)."""
 LAST_EVENT_ID_PATTERN = "^[0-9]{1,15}$"  # 15 digits stay below MAX_INTEGER
 # Printable ASCII without surrounding spaces (servers strip those from header values).
 IDEMPOTENCY_KEY_PATTERN = rf"^[!-~](?:[ -~]{{0,{MAX_IDEMPOTENCY_KEY - 2}}}[!-~])?$"
@@ -42,7 +44,19 @@ EVENT_TYPES = [
     "goal.step_completed",
     "goal.step_failed",
     *sorted(TERMINAL_EVENTS),
+    STEP_DELTA,
 ]
+GOAL_ERROR_CODES = [
+    "step_failed",
+    "step_error",
+    "step_timeout",
+    "plan_failed",
+    "plan_timeout",
+    "invalid_plan",
+    "provider_unavailable",
+    "budget_exceeded",
+]
+"""The `error.code` values of a failed goal or step attempt (docs/concepts.md explains each)."""
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -117,7 +131,7 @@ _GOAL_ID = {
 }
 
 
-def _schemas(budgets: bool) -> dict[str, Any]:
+def _schemas() -> dict[str, Any]:
     create_properties: dict[str, Any] = {
         "description": {
             "type": "string",
@@ -148,13 +162,13 @@ def _schemas(budgets: bool) -> dict[str, Any]:
             "description": "Labels; stripped, duplicates dropped.",
         },
     }
-    if budgets:
-        create_properties["max_tokens"] = {
-            "type": ["integer", "null"],
-            "minimum": 1,
-            "maximum": MAX_INTEGER,
-            "description": "Optional total token budget.",
-        }
+    create_properties["max_tokens"] = {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_TOKENS,
+        "description": "Total token budget over every provider call (planning included); "
+        "null or absent: no budget. Past it the goal fails with `budget_exceeded`.",
+    }
     goal_properties: dict[str, Any] = {
         "id": {"type": "string", "pattern": "^goal-"},
         "description": {"type": "string"},
@@ -162,6 +176,7 @@ def _schemas(budgets: bool) -> dict[str, Any]:
         "mode": {"type": "string", "enum": list(MODES)},
         "max_steps": _INT,
         "max_retries": _INT,
+        "max_tokens": {"type": ["integer", "null"], "description": "The token budget, or null."},
         "tags": {"type": "array", "items": {"type": "string"}},
         "owner": {"type": "string"},
         "status": {"type": "string", "enum": list(STATUSES)},
@@ -170,6 +185,7 @@ def _schemas(budgets: bool) -> dict[str, Any]:
         "steps_completed": _INT,
         "total_steps": _INT,
         "current_step": {"type": ["integer", "null"]},
+        "usage": {**_ref("Usage"), "description": "Tokens of every call, planning included."},
         "result": {"description": "The final step's result (any JSON), or null."},
         "error": _nullable(_ref("ErrorInfo")),
         "created_at": _INT,
@@ -186,6 +202,7 @@ def _schemas(budgets: bool) -> dict[str, Any]:
         "error": _nullable(_ref("ErrorInfo")),
         "started_at": _TIME,
         "completed_at": _TIME,
+        "usage": {**_ref("Usage"), "description": "Tokens of every attempt of this step."},
     }
     return {
         "GoalCreate": {
@@ -197,7 +214,20 @@ def _schemas(budgets: bool) -> dict[str, Any]:
         "ErrorInfo": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string", "examples": GOAL_ERROR_CODES},
+                "message": {"type": "string"},
+            },
+        },
+        "Usage": {
+            "type": "object",
+            "description": "Tokens as the model APIs reported them.",
+            "required": ["input_tokens", "output_tokens", "total_tokens"],
+            "properties": {
+                "input_tokens": {"type": "integer", "minimum": 0},
+                "output_tokens": {"type": "integer", "minimum": 0},
+                "total_tokens": {"type": "integer", "minimum": 0},
+            },
         },
         "Goal": {
             "type": "object",
@@ -239,7 +269,12 @@ def _schemas(budgets: bool) -> dict[str, Any]:
             "description": "The `data:` line of each server-sent event.",
             "required": ["id", "type", "goal_id", "workflow_id", "ts", "data"],
             "properties": {
-                "id": {"type": "integer", "minimum": 1, "description": "Per-goal number."},
+                "id": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Per-goal number of a stored event; 0 for a live-only "
+                    "`goal.step_delta`, which has no `id:` line.",
+                },
                 "type": {"type": "string", "enum": EVENT_TYPES},
                 "goal_id": {"type": "string"},
                 "workflow_id": {"type": "string"},
@@ -396,7 +431,9 @@ def _paths() -> dict[str, Any]:
                 "summary": "The goal's events as server-sent events: replay, then live",
                 "description": "Each event is `id: N`, `event: TYPE`, `data: <Event JSON>`. "
                 "The stream starts with a `retry:` line, sends `: keep-alive` comments while "
-                "idle and ends after the terminal event. `Last-Event-ID` wins over `after`.",
+                "idle and ends after the terminal event. `Last-Event-ID` wins over `after`. "
+                "A server whose manager has `live_output` on also sends `goal.step_delta` "
+                "messages (streamed text) without an `id:` line; they are never replayed.",
                 "parameters": [
                     _query(
                         "after",
@@ -448,8 +485,8 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def document(*, budgets: bool = False) -> dict[str, Any]:
-    """The OpenAPI 3.1 document; `budgets` adds the ``max_tokens`` creation field."""
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -461,7 +498,7 @@ def document(*, budgets: bool = False) -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(budgets),
+            "schemas": _schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
