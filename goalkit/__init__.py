@@ -22,14 +22,15 @@ from goalkit.errors import (
 )
 from goalkit.hookspecs import hookimpl, hookspec
 from goalkit.manager import GoalManager
-from goalkit.models import ErrorInfo, Event, Goal, Page, Principal, Step, StepSpec
-from goalkit.providers import ModelProvider
+from goalkit.models import Answer, ErrorInfo, Event, Goal, Page, Principal, Step, StepSpec, Usage
+from goalkit.providers import ModelProvider, StreamingProvider
 from goalkit.retry import RetryPolicy
 from goalkit.storage import Storage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Answer",
     "ErrorInfo",
     "Event",
     "EventStream",
@@ -52,6 +53,8 @@ __all__ = [
     "StepSpec",
     "Storage",
     "StorageError",
+    "StreamingProvider",
+    "Usage",
     "hookimpl",
     "hookspec",
 ]

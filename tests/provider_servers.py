@@ -71,6 +71,8 @@ class Reply:
     delay: float = 0.0
     hang: bool = False
     usage: tuple[int, int] = (11, 7)
+    stall_after: int | None = None
+    """Streamed: send this many SSE events, then hang until the client disconnects."""
 
     @classmethod
     def error(cls, status: int, message: str, **headers: str) -> Reply:
@@ -199,12 +201,17 @@ class ProtocolServer:
             return
         if reply.delay:
             await asyncio.sleep(reply.delay)
-        if scope["path"] == "/v1/chat/completions":
-            await self._openai(seen, reply, send)
-        elif scope["path"] == "/v1/messages":
-            await self._anthropic(seen, reply, send)
-        else:
-            await _respond(send, 404, {"error": {"message": f"no route {scope['path']}"}})
+        if reply.stall_after is not None:
+            send = _stalling(send, receive, seen, reply.stall_after)
+        try:
+            if scope["path"] == "/v1/chat/completions":
+                await self._openai(seen, reply, send)
+            elif scope["path"] == "/v1/messages":
+                await self._anthropic(seen, reply, send)
+            else:
+                await _respond(send, 404, {"error": {"message": f"no route {scope['path']}"}})
+        except _ClientGone:
+            return
 
     def _answer_text(self, seen: Seen, reply: Reply) -> str:
         if reply.text is not None:
@@ -379,6 +386,29 @@ def _steps(plan: list[Any]) -> list[dict[str, Any]]:
 
 def _pieces(text: str, size: int = 8) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+class _ClientGone(Exception):
+    """The client disconnected while a stalled stream waited: stop answering."""
+
+
+def _stalling(send: Send, receive: Receive, seen: Seen, after: int) -> Send:
+    """`send` that passes on `after` body parts, then waits for the client to go away."""
+    parts = 0
+
+    async def stalled(message: Message) -> None:
+        nonlocal parts
+        if message["type"] == "http.response.body" and message.get("more_body"):
+            parts += 1
+            if parts > after:
+                try:
+                    await asyncio.wait_for(_disconnected(receive), HANG_LIMIT)
+                finally:
+                    seen.disconnected_at = time.monotonic()
+                raise _ClientGone
+        await send(message)
+
+    return stalled
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -14,7 +14,7 @@ import anthropic
 import pytest
 from provider_servers import DEFAULT_PLAN, ProtocolServer, Reply, Seen, until
 
-from goalkit import GoalManager, InvalidGoal
+from goalkit import GoalManager, InvalidGoal, Usage
 from goalkit.models import Goal
 from goalkit.providers.anthropic import AnthropicProvider, AnthropicProviders, route
 
@@ -46,7 +46,8 @@ def manager(*plugins: object, **options: object) -> GoalManager:
 
 
 async def run(description: str, model: str, *plugins: object, **options: object) -> Goal:
-    create = {k: options.pop(k) for k in ("mode", "max_steps", "max_retries") if k in options}
+    keys = ("mode", "max_steps", "max_retries", "max_tokens")
+    create = {k: options.pop(k) for k in keys if k in options}
     async with manager(*plugins, **options) as m:
         goal = await m.create(description, model=model, **create)  # type: ignore[arg-type]
         return await m.wait(goal.id, timeout=10)
@@ -247,3 +248,68 @@ class TestProtocolServer:
         (block,) = final.content
         assert block.type == "tool_use"
         assert [s["title"] for s in block.input["steps"]] == ["One", "Two"]  # type: ignore[index]
+
+
+class TestUsageAndBudgets:
+    """Usage comes from the Messages API's answers; a budget caps max_tokens and stops the goal."""
+
+    async def test_usage_of_every_call_is_recorded(self, server: ProtocolServer) -> None:
+        server.enqueue(Reply(plan=["a"], usage=(40, 12)), Reply(usage=(25, 6)))
+        goal = await run("x", MODEL)
+        assert goal.status == "completed", goal.error
+        assert goal.steps[0].usage == Usage(25, 6)
+        assert goal.usage == Usage(65, 18)
+
+    async def test_budget_caps_max_tokens_and_stops_the_goal(self, server: ProtocolServer) -> None:
+        """The answer may not be longer than what is left; no call once it is used up."""
+        async with manager() as m:
+            goal = await m.create("x", model=MODEL, max_tokens=36)
+            goal = await m.wait(goal.id, timeout=10)
+        assert goal.error is not None and goal.error.code == "budget_exceeded"
+        assert [r.json["max_tokens"] for r in server.requests] == [36, 18]
+        assert goal.usage.total_tokens == 36
+
+    async def test_a_large_budget_keeps_the_default_cap(self, server: ProtocolServer) -> None:
+        goal = await run("x", MODEL, mode="direct", max_tokens=10**6)
+        assert goal.status == "completed", goal.error
+        assert server.requests[0].json["max_tokens"] == 4096
+
+
+class TestStreaming:
+    """With live_output the step is streamed and each text delta reaches live followers."""
+
+    async def test_stream_deltas_reach_followers(self, server: ProtocolServer) -> None:
+        text = "Claude streams this answer in several text deltas."
+        server.enqueue(Reply(text=text, usage=(21, 14)))
+        async with manager(live_output=True) as m:
+            goal = await m.create("x", model=MODEL, mode="direct")
+            live = [e async for e in m.events(goal.id)]
+            goal = await m.get(goal.id)
+        assert goal.status == "completed", goal.error
+        assert goal.result == text
+        deltas = [e.data["text"] for e in live if e.type == "goal.step_delta"]
+        assert len(deltas) > 2 and "".join(deltas) == text
+        assert server.requests[0].json["stream"] is True
+        # Input tokens from message_start, output tokens from the last message_delta.
+        assert goal.usage == Usage(21, 14)
+
+    async def test_cancel_mid_stream_drops_the_connection(self, server: ProtocolServer) -> None:
+        server.enqueue(Reply(text="y" * 200, stall_after=4))
+        async with manager(live_output=True) as m:
+            goal = await m.create("x", model=MODEL, mode="direct")
+            async for event in m.events(goal.id):
+                if event.type == "goal.step_delta":
+                    cancelled_at = time.monotonic()
+                    await m.cancel(goal.id)
+                    break
+            await until(lambda: server.requests[0].disconnected_at is not None, within=2)
+            goal = await m.wait(goal.id, timeout=5)
+        assert goal.status == "cancelled"
+        assert server.requests[0].disconnected_at - cancelled_at < 2  # type: ignore[operator]
+
+    @pytest.mark.parametrize("anyio_backend", ["trio"])
+    async def test_streams_on_trio(self, server: ProtocolServer) -> None:
+        async with manager(live_output=True) as m:
+            goal = await m.create("x", model=MODEL, mode="direct")
+            live = [e async for e in m.events(goal.id)]
+        assert "".join(e.data["text"] for e in live if e.type == "goal.step_delta") == "result 1"

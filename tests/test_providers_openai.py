@@ -16,7 +16,7 @@ import openai
 import pytest
 from provider_servers import DEFAULT_PLAN, ProtocolServer, Reply, refused_port, until
 
-from goalkit import GoalManager, InvalidGoal
+from goalkit import GoalManager, InvalidGoal, Usage
 from goalkit.errors import ProviderError
 from goalkit.models import Goal
 from goalkit.providers._common import parse_plan, retry_after
@@ -50,7 +50,8 @@ def manager(*plugins: object, **options: object) -> GoalManager:
 
 
 async def run(description: str, model: str, *plugins: object, **options: object) -> Goal:
-    create = {k: options.pop(k) for k in ("mode", "max_steps", "max_retries") if k in options}
+    keys = ("mode", "max_steps", "max_retries", "max_tokens")
+    create = {k: options.pop(k) for k in keys if k in options}
     async with manager(*plugins, **options) as m:
         goal = await m.create(description, model=model, **create)  # type: ignore[arg-type]
         return await m.wait(goal.id, timeout=10)
@@ -361,3 +362,75 @@ class TestProtocolServer:
         assert "".join(pieces) == "a streamed answer of some length"
         assert len(pieces) > 2
         assert usage is not None and usage.total_tokens == 18
+
+
+class TestUsageAndBudgets:
+    """Usage comes from the server's answers; a budget caps each call and stops the goal."""
+
+    async def test_usage_of_every_call_is_recorded(self, server: ProtocolServer) -> None:
+        server.enqueue(Reply(plan=["a", "b"], usage=(20, 5)), Reply(usage=(30, 9)))
+        goal = await run("x", "gpt-4o-mini")
+        assert goal.status == "completed", goal.error
+        assert [s.usage for s in goal.steps] == [Usage(30, 9), Usage(11, 7)]
+        assert goal.usage == Usage(61, 21)
+        assert all("max_completion_tokens" not in r.json for r in server.requests)
+
+    async def test_malformed_plan_tokens_count(self, server: ProtocolServer) -> None:
+        server.enqueue(Reply(text="no plan here", usage=(8, 4)))
+        goal = await run("x", "gpt-4o-mini", max_retries=1, mode="plan")
+        assert goal.status == "completed", goal.error
+        assert goal.usage == Usage(8 + 11 * 3, 4 + 7 * 3)
+
+    async def test_budget_caps_each_call_and_stops_the_goal(self, server: ProtocolServer) -> None:
+        """Each call may write at most what is left; no call once the budget is used up."""
+        async with manager() as m:
+            goal = await m.create("x", model="gpt-4o-mini", max_tokens=36)
+            goal = await m.wait(goal.id, timeout=10)
+        assert goal.status == "failed"
+        assert goal.error is not None and goal.error.code == "budget_exceeded"
+        assert [r.json["max_completion_tokens"] for r in server.requests] == [36, 18]
+        assert len(server.requests) == 2  # plan + step 1; step 2 was never sent
+        assert goal.usage.total_tokens == 36
+        assert [s.status for s in goal.steps] == ["completed", "pending"]
+
+    async def test_compatible_servers_get_max_tokens(self, server: ProtocolServer) -> None:
+        goal = await run("x", "vllm/qwen", mode="direct", max_tokens=1000)
+        assert goal.status == "completed", goal.error
+        (request,) = server.requests
+        assert request.json["max_tokens"] == 1000
+        assert "max_completion_tokens" not in request.json
+
+
+class TestStreaming:
+    """With live_output the step is streamed and each chunk reaches live followers."""
+
+    async def test_stream_deltas_reach_followers(self, server: ProtocolServer) -> None:
+        text = "A streamed answer that arrives in several pieces."
+        server.enqueue(Reply(text=text, usage=(13, 10)))
+        async with manager(live_output=True) as m:
+            goal = await m.create("x", model="gpt-4o-mini", mode="direct")
+            live = [e async for e in m.events(goal.id)]
+            goal = await m.get(goal.id)
+        assert goal.status == "completed", goal.error
+        assert goal.result == text
+        deltas = [e.data["text"] for e in live if e.type == "goal.step_delta"]
+        assert len(deltas) > 2 and "".join(deltas) == text
+        (request,) = server.requests
+        assert request.json["stream"] is True
+        assert request.json["stream_options"] == {"include_usage": True}
+        assert goal.usage == Usage(13, 10)
+
+    async def test_cancel_mid_stream_drops_the_connection(self, server: ProtocolServer) -> None:
+        server.enqueue(Reply(text="x" * 200, stall_after=3))
+        async with manager(live_output=True) as m:
+            goal = await m.create("x", model="gpt-4o-mini", mode="direct")
+            async for event in m.events(goal.id):
+                if event.type == "goal.step_delta":
+                    cancelled_at = time.monotonic()
+                    await m.cancel(goal.id)
+                    break
+            await until(lambda: server.requests[0].disconnected_at is not None, within=2)
+            goal = await m.wait(goal.id, timeout=5)
+        assert goal.status == "cancelled"
+        assert goal.steps[0].status == "cancelled" and goal.steps[0].result is None
+        assert server.requests[0].disconnected_at - cancelled_at < 2  # type: ignore[operator]
