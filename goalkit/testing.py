@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from goalkit.hookspecs import hookimpl
-from goalkit.models import JSON, Event, Goal, Step, StepSpec
+from goalkit.models import JSON, Answer, Event, Goal, Step, StepSpec
 from goalkit.plugins import resolve
 from goalkit.providers import ModelProvider
 
@@ -36,7 +36,8 @@ class QueueProvider:
     """A model provider plugin for one model name that answers from queues you fill.
 
     `enqueue` adds step results; an `Exception` instance in the queue is raised instead, and
-    a callable is called with ``(goal, step, previous)`` and its (awaited) value used. With an
+    a callable is called with ``(goal, step, previous)`` and its (awaited) value used. Queue
+    a `goalkit.Answer` (plan or result) to report token usage. With an
     empty step queue it answers ``"<title>: ok"``. With no plan queued it plans one step per
     line of the description. `calls` records every call as ``(method, goal id, step index)``.
     """
@@ -44,11 +45,11 @@ class QueueProvider:
     def __init__(self, model: str = "fake", *, delay: float = 0.0) -> None:
         self.model = model
         self.delay = delay
-        self.plans: deque[Sequence[str | StepSpec] | Exception] = deque()
+        self.plans: deque[Sequence[str | StepSpec] | Answer | Exception] = deque()
         self.answers: deque[Any] = deque()
         self.calls: list[tuple[str, str, int]] = []
 
-    def enqueue_plan(self, *plans: Sequence[str | StepSpec] | Exception) -> None:
+    def enqueue_plan(self, *plans: Sequence[str | StepSpec] | Answer | Exception) -> None:
         """Queue the answers of the next `plan` calls."""
         self.plans.extend(plans)
 
@@ -64,7 +65,7 @@ class QueueProvider:
     def goalkit_model_provider(self, model: str) -> ModelProvider | None:
         return self if model == self.model else None
 
-    async def plan(self, goal: Goal, max_steps: int) -> Sequence[str | StepSpec]:
+    async def plan(self, goal: Goal, max_steps: int) -> Sequence[str | StepSpec] | Answer:
         self.calls.append(("plan", goal.id, 0))
         await anyio.sleep(self.delay)
         if self.plans:

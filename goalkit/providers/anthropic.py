@@ -10,6 +10,12 @@ Planning forces a ``submit_plan`` tool call whose input schema is the plan, so t
 arrive as checked JSON rather than prose. As in the OpenAI-compatible provider, the client's
 own retries are off (``max_retries=0``): the engine's retry policy and ``step_timeout`` are in
 charge, and each call uses a client of its own, closed right after it.
+
+Usage: each call's ``input_tokens`` and ``output_tokens`` are reported through
+`goalkit.Answer` (also for a malformed answer, on its `ProviderError`); ``max_tokens`` is the
+smaller of ``max_output_tokens`` and what is left of the goal's budget. `stream_step` streams
+(``stream=True``: input tokens from ``message_start``, output tokens from the last
+``message_delta``) for the manager's ``live_output``.
 """
 
 from __future__ import annotations

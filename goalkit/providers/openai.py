@@ -20,8 +20,14 @@ set.
 
 Deliberate choices: the client's own retries are off (``max_retries=0``), so the engine's
 retry policy and ``step_timeout`` are the only ones in charge, and each call uses a client of
-its own, closed right after, so no connection outlives the call that opened it (providers
-have no close hook yet).
+its own, closed right after, so no connection outlives the call that opened it and the
+provider needs no ``aclose``.
+
+Usage: each call's ``usage`` (prompt and completion tokens) is reported through
+`goalkit.Answer`, also for a malformed answer (on its `ProviderError`). With a token budget
+each call's answer is capped at what is left (``max_completion_tokens`` for OpenAI,
+``max_tokens`` for compatible servers). `stream_step` streams (``stream=True``, usage asked
+for in the last chunk) for the manager's ``live_output``.
 """
 
 from __future__ import annotations
