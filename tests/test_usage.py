@@ -192,7 +192,7 @@ class TestBudgets:
             with pytest.raises(GoalConflict):
                 await manager.create("x", model="fake", max_tokens=11, idempotency_key="k")
             await manager.cancel(goal.id)
-            created = [e async for e in manager.events(goal.id)][0]
+            created, *_ = [e async for e in manager.events(goal.id)]
         assert created.type == "goal.created" and created.data["max_tokens"] == 10
 
     async def test_scripted_budget_fails_offline(self) -> None:
