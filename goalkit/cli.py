@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--mode", choices=("plan", "direct"), help="plan steps, or one direct step")
     run.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="token budget over every model call (default: none); past it the goal fails",
+    )
+    run.add_argument(
         "--storage", default=DEFAULT_STORAGE, metavar="URL", help=f"(default: {DEFAULT_STORAGE})"
     )
     _plugin_option(run)
@@ -136,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TOML file of bearer tokens ([tokens] table); without it an admin token is "
         "generated and printed once",
+    )
+    serve.add_argument(
+        "--live-output",
+        action="store_true",
+        help="stream step answers from providers that can, as live-only goal.step_delta "
+        "events on the event streams (never stored)",
     )
     _plugin_option(serve)
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: info)")
@@ -232,7 +244,9 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         token = secrets.token_urlsafe(32)
         auth = StaticTokens({token: Principal(ADMIN_USER, admin=True)})
-    manager = GoalManager(args.storage, plugins=[*args.plugins, auth])
+    manager = GoalManager(
+        args.storage, plugins=[*args.plugins, auth], live_output=args.live_output
+    )
     # Load the plugins and pick the storage now (both without I/O): a bad plugin or an
     # unknown URL scheme is a usage error, not a server that fails to start.
     if manager.plugin_manager.hook.goalkit_storage(url=args.storage) is None:
@@ -314,7 +328,7 @@ def _quiet_exit_signals() -> Iterator[None]:
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     fields: dict[str, Any] = {"description": args.description}
-    for name in ("model", "max_steps", "max_retries", "mode"):
+    for name in ("model", "max_steps", "max_retries", "mode", "max_tokens"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     async with GoalManager(args.storage, plugins=args.plugins) as manager:

@@ -136,6 +136,17 @@ class TestRun:
         assert out.splitlines()[-1].startswith("failed: ")
         assert "the broken model broke" in out.splitlines()[-1]
 
+    def test_token_budget_stops_the_goal(self, tmp_path: Path, storage: str) -> None:
+        """--max-tokens sets the goal's budget; the scripted plan alone passes 10 tokens."""
+        proc = goalkit(
+            "run", "Research tides", "--max-tokens", "10", "--storage", storage, cwd=tmp_path
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stdout.splitlines()[-1].startswith("failed: planning attempt 1 used ")
+        assert "of max_tokens=10 used" in proc.stdout
+        bad = goalkit("run", "x", "--max-tokens", "0", "--storage", storage, cwd=tmp_path)
+        assert bad.returncode == 2 and "max_tokens" in bad.stderr
+
     def test_missing_plugin_file_exits_2(self, tmp_path: Path, storage: str) -> None:
         """A -p file that does not exist is a usage error."""
         proc = goalkit("run", "x", "-p", "nope.py", "--storage", storage, cwd=tmp_path)

@@ -425,3 +425,39 @@ class TestShutdown:
         # The stream was ended at once (drain), not cut when the grace period ran out.
         assert "Exception in ASGI application" not in server.stderr
         assert took < SHUTDOWN_TIMEOUT
+
+
+class TestLiveOutput:
+    """``goalkit serve --live-output``: streamed text on the event stream, never replayed."""
+
+    def test_deltas_have_no_id_and_are_not_replayed(
+        self, tmp_path: Path, tokens_file: Path
+    ) -> None:
+        server = Server(tmp_path, *server_args(tmp_path, tokens_file), "--live-output").start()
+        try:
+            with server.client(ALICE) as alice:
+                goal = create(alice, THREE_STEPS, model="scripted/0.3")
+                live = stream(alice, goal["id"])
+                replay = stream(alice, goal["id"], last=0)
+                done = alice.get(f"/api/v1/goals/{goal['id']}").json()["data"]
+        finally:
+            code, _ = server.stop()
+        assert code == 0, server.stderr
+        deltas = [e for e in live if e["event"] == "goal.step_delta"]
+        assert deltas and all("id" not in e and e["data"]["id"] == 0 for e in deltas)
+        texts = {
+            step["index"]: "".join(
+                e["data"]["data"]["text"]
+                for e in deltas
+                if e["data"]["data"]["step"] == step["index"]
+            )
+            for step in done["steps"]
+        }
+        # A step that streamed before the connection was open shows only what came after
+        # (nothing is replayed); the last one streams a second after creation: all of it.
+        assert all(done["steps"][i - 1]["result"].endswith(t) for i, t in texts.items())
+        assert texts[3] == done["steps"][2]["result"]
+        stored = [e for e in live if "id" in e]
+        assert ids(stored) == list(range(1, len(stored) + 1))
+        assert replay == stored
+        assert done["usage"]["total_tokens"] > 0
