@@ -132,9 +132,6 @@ class Usage:
             self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
         )
 
-    def __bool__(self) -> bool:
-        return self.total_tokens > 0
-
     def to_dict(self) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from asgi_helpers import Users, app_for, client
 from provider_servers import DEFAULT_PLAN, ProtocolServer, Reply, refused_port, until
 
 from goalkit import GoalManager, InvalidGoal, Usage
@@ -236,6 +237,23 @@ class TestConfiguration:
         assert caught.value.field == "model"
         assert "'gpt-4o-mini' needs an OpenAI API key: set OPENAI_API_KEY" in str(caught.value)
         assert "OpenAIProviders(api_key=...)" in str(caught.value)
+
+    async def test_missing_key_is_a_400_over_http(
+        self, server: ProtocolServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Through the HTTP API the same refusal is a 400 naming `model` and what to set."""
+        monkeypatch.delenv("OPENAI_API_KEY")
+        async with manager(Users()) as m, client(app_for(m)) as http:
+            answer = await http.post(
+                "/api/v1/goals",
+                json={"description": "x", "model": "gpt-4o-mini"},
+                headers={"authorization": "Bearer alice-token"},
+            )
+        assert answer.status_code == 400
+        error = answer.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_request", "model")
+        assert "set OPENAI_API_KEY" in error["message"]
+        assert server.requests == []
 
     async def test_compatible_server_needs_a_url(
         self, server: ProtocolServer, monkeypatch: pytest.MonkeyPatch
