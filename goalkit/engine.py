@@ -423,33 +423,33 @@ class Coordinator:
                     usage=spent,
                 )
             answer: object = None
+            usage = NO_USAGE
             fault = Fault()
+            error: ErrorInfo | None = None
             try:
                 with anyio.move_on_after(self.step_timeout) as scope:
-                    answer = await self.provider.plan(goal, goal.max_steps)
-            except Exception as exc:
-                fault = Fault.of(exc)
-                spent += fault.usage
-                error = ErrorInfo("plan_failed", describe(exc))
-            else:
+                    answer, usage = unwrap(await self.provider.plan(goal, goal.max_steps))
                 if scope.cancelled_caught:
                     error = ErrorInfo(
                         "plan_timeout", f"planning timed out after {self.step_timeout}s"
                     )
-                else:
-                    value, usage = unwrap(answer)
-                    if passes(goal, usage):
-                        await self._fail(
-                            "budget_exceeded",
-                            f"planning attempt {attempt} used {usage.total_tokens} tokens, "
-                            f"past the budget: {_spent(attrs.evolve(goal, usage=goal.usage + usage))}",
-                            usage=spent + usage,
-                        )
-                    spent += usage
-                    try:
-                        return validate_plan(value, goal.max_steps), spent
-                    except ValueError as exc:
-                        error = ErrorInfo("invalid_plan", str(exc))
+            except Exception as exc:
+                fault = Fault.of(exc)
+                usage = fault.usage
+                error = ErrorInfo("plan_failed", describe(exc))
+            if passes(goal, usage):
+                await self._fail(
+                    "budget_exceeded",
+                    f"planning attempt {attempt} used {usage.total_tokens} tokens, past the "
+                    f"budget: {_spent(attrs.evolve(goal, usage=goal.usage + usage))}",
+                    usage=spent + usage,
+                )
+            spent += usage
+            if error is None:
+                try:
+                    return validate_plan(answer, goal.max_steps), spent
+                except ValueError as exc:
+                    error = ErrorInfo("invalid_plan", str(exc))
             if fault.final or not will_retry(attempt, self.goal.max_retries):
                 await self._fail(
                     error.code,

@@ -160,6 +160,15 @@ class TestBudgets:
         assert goal.usage == Usage(4, 4)
         assert provider.calls == [("plan", goal.id, 0)]
 
+    async def test_a_failed_call_that_passes_the_budget_ends_it(self) -> None:
+        """Tokens a failed call reports count too: past the budget, no retry follows."""
+        provider = QueueProvider()
+        provider.enqueue_plan(ProviderError("malformed plan", usage=Usage(6, 6)))
+        goal, _ = await run("memory://", provider, max_tokens=10, max_retries=3)
+        assert goal.error is not None and goal.error.code == "budget_exceeded"
+        assert provider.calls == [("plan", goal.id, 0)]
+        assert goal.usage == Usage(6, 6)
+
     async def test_provider_is_told_what_is_left(self) -> None:
         """`goal.tokens_left` is the cap a provider gives the model for the call's output."""
         seen: list[int | None] = []
