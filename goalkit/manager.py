@@ -82,6 +82,9 @@ class GoalManager:
         (expired leases) and for events written by other processes; defaults to a tenth of
         `lease_ttl`, at most 1 s.
     :param entry_points: load plugins installed under the ``goalkit`` entry-point group.
+    :param max_recoveries: how many times in a row a goal is resumed after the manager
+        running it died (or froze, or lost its lease) without a step completing since; past
+        that the goal fails with code ``crash_loop`` instead of crash-looping (a poison goal).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class GoalManager:
         lease_ttl: float = 30.0,
         poll_interval: float | None = None,
         entry_points: bool = True,
+        max_recoveries: int = 3,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -106,6 +110,9 @@ class GoalManager:
             raise ValueError("lease_ttl must be positive")
         if step_timeout is not None and step_timeout <= 0:
             raise ValueError("step_timeout must be positive or None")
+        if max_recoveries < 0:
+            raise ValueError("max_recoveries must be at least 0")
+        self.max_recoveries = max_recoveries
         self.url = storage
         self.default_model = default_model
         self.max_concurrent = max_concurrent
@@ -130,6 +137,12 @@ class GoalManager:
         self._bus = EventBus()
         self._running: dict[str, anyio.CancelScope] = {}
         self._cooldown: dict[str, float] = {}
+        # Poison-goal isolation: a goal recovered more than once (or max_recoveries times,
+        # when that is lower) runs here only alone among such goals, so a goal that kills
+        # its process cannot keep failing the neighbours it shares the process with.
+        self._isolate_at = max(1, min(2, max_recoveries))
+        self._suspect: str | None = None
+        self._deferred: set[str] = set()
         self._providers: dict[str, ModelProvider] = {}
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
         self._wake = anyio.Event()
@@ -235,6 +248,7 @@ class GoalManager:
                 except Exception:
                     log.exception("claiming goals failed; trying again")
                     goals = []
+                goals = await self._isolate(goals)
                 for goal in goals:
                     # The scope's deadline is this process's view of the lease: should
                     # renewals fail, the coordinator stops before another manager may
@@ -247,6 +261,38 @@ class GoalManager:
                     )
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
+
+    async def _isolate(self, goals: list[Goal]) -> list[Goal]:
+        """The claimed goals to run now; suspects beyond the one allowed are handed back."""
+        run: list[Goal] = []
+        deferred: list[str] = []
+        for goal in goals:
+            if self._isolate_at <= goal.recoveries <= self.max_recoveries:
+                if self._suspect is not None:
+                    deferred.append(goal.id)
+                    continue
+                self._suspect = goal.id
+                log.warning(
+                    "goal %s: resumed after %d crash(es) in a row; running it isolated",
+                    goal.id,
+                    goal.recoveries,
+                )
+            run.append(goal)
+        if deferred:
+            # Released, not left to expire: waiting here is not a crash, and counts none.
+            self._deferred.update(deferred)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.storage.release_leases(self.owner_id, deferred)
+                except Exception as exc:
+                    log.warning("could not hand back suspect goals (%s); their leases expire", exc)
+        return run
+
+    def _suspect_cleared(self, goal_id: str) -> None:
+        if self._suspect == goal_id:
+            self._suspect = None
+            self._deferred.clear()
+            self._wake.set()
 
     async def _heartbeat(self) -> None:
         # Beats at least every second, not only every third of the lease: a goal cancelled
@@ -295,6 +341,7 @@ class GoalManager:
                     lease=self.owner_id,
                     policy=self.retry_policy,
                     step_timeout=self.step_timeout,
+                    max_recoveries=self.max_recoveries,
                 )
                 await coordinator.run()
         except LeaseLost:
@@ -311,6 +358,7 @@ class GoalManager:
                 log.warning("goal %s: lease not renewed in time; coordinator stopped", goal.id)
                 self._cooldown[goal.id] = anyio.current_time() + self.lease_ttl
             self._running.pop(goal.id, None)
+            self._suspect_cleared(goal.id)
             self._wake.set()
             if self._closing:
                 await self._release(goal.id)
@@ -329,7 +377,7 @@ class GoalManager:
         clock = anyio.current_time()
         for goal_id in [g for g, until in self._cooldown.items() if until <= clock]:
             del self._cooldown[goal_id]
-        return set(self._running) | set(self._cooldown)
+        return set(self._running) | set(self._cooldown) | self._deferred
 
     def _lock(self, goal_id: str) -> anyio.Lock:
         lock = self._locks.get(goal_id)
@@ -338,7 +386,10 @@ class GoalManager:
         return lock
 
     async def _commit(self, transition: transitions.Transition) -> Event | None:
-        return await self._store(transition.goal.id, partial(self.storage.commit, transition))
+        event = await self._store(transition.goal.id, partial(self.storage.commit, transition))
+        if transition.goal.recoveries == 0:
+            self._suspect_cleared(transition.goal.id)  # it made progress: no suspect now
+        return event
 
     async def _store(
         self, goal_id: str, write: Callable[[], Awaitable[Event | None]]

@@ -146,7 +146,10 @@ class Goal:
     """A persistent objective and the state of the workflow that drives it.
 
     `steps` is filled by `GoalManager.get`; listings leave it empty. `last_event_id` is the
-    number of the goal's newest stored event.
+    number of the goal's newest stored event. `recoveries` counts how many times in a row the
+    goal was taken over from a manager that stopped holding it (a crash, a freeze, a lost
+    lease) without a step completing since; it bounds crash loops (poison goals) and, like
+    `last_event_id`, is bookkeeping outside the JSON form.
     """
 
     id: str
@@ -170,6 +173,7 @@ class Goal:
     completed_at: int | None = None
     last_event_id: int = 0
     steps: tuple[Step, ...] = ()
+    recoveries: int = 0
 
     @property
     def done(self) -> bool:

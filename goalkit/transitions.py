@@ -74,13 +74,18 @@ def decomposing(goal: Goal, now: int, *, lease: str) -> Transition:
 
 
 def decomposed(goal: Goal, plan: tuple[StepSpec, ...], now: int, *, lease: str) -> Transition:
-    """The plan is known: its steps are stored as pending and `goal.decomposed` records it."""
+    """The plan is known: its steps are stored as pending and `goal.decomposed` records it.
+
+    Like `step_completed`, it is progress, so it resets the goal's `recoveries`.
+    """
     steps = tuple(
         Step(index=i, title=spec.title, description=spec.description)
         for i, spec in enumerate(plan, start=1)
     )
     return Transition(
-        goal=_moved(goal, now, phase="running", total_steps=len(steps), current_step=1),
+        goal=_moved(
+            goal, now, phase="running", total_steps=len(steps), current_step=1, recoveries=0
+        ),
         steps=steps,
         event="goal.decomposed",
         data={
@@ -115,6 +120,7 @@ def step_completed(goal: Goal, step: Step, result: JSON, now: int, *, lease: str
             now,
             steps_completed=goal.steps_completed + 1,
             current_step=None if last else step.index + 1,
+            recoveries=0,  # progress: whatever crashed before was not this goal's doing
         ),
         steps=(done,),
         event="goal.step_completed",

@@ -335,6 +335,57 @@ class TestCrashRecovery:
         assert max(runs.values()) <= kills + 1
 
 
+class TestPoisonGoals:
+    """A goal whose step kills its process every time ends `failed`, not in a crash loop."""
+
+    RECOVERIES, TTL = 2, 0.6
+
+    async def test_poison_goal_fails_after_bounded_recoveries(
+        self, tmp_path: Path, spawn: Callable[..., Worker]
+    ) -> None:
+        """Its step 2 runs 1 + max_recoveries times, then `crash_loop`; its neighbours complete."""
+        db, log = tmp_path / "goals.db", tmp_path / "calls.log"
+        common: list[str | float] = [
+            *("--delay", 0.05, "--lease-ttl", self.TTL, "--max-recoveries", self.RECOVERIES),
+        ]
+        deaths = 0
+        for run in range(self.RECOVERIES + 3):
+            if run == 0:
+                worker = spawn("run0", "--create", 3, "--poison", 1, "--steps", 3, *common)
+            else:
+                worker = spawn(f"run{run}", "--expect", 4, *common)
+            code = await worker.exited(60)
+            if code == 0:
+                break
+            assert code == -signal.SIGKILL, worker.stderr()[-3000:]
+            deaths += 1
+        else:
+            pytest.fail(f"still crash-looping after {deaths} deaths")
+        summary = worker.summary()
+        state = await snapshot(db)
+        check_event_logs(state)
+        poison = [g for g, _ in state.values() if g.description.startswith("poison")]
+        healthy = {g.id: (g, ev) for g, ev in state.values() if g not in poison}
+        assert len(poison) == 1 and len(healthy) == 3
+        (goal,) = poison
+        # The neighbours that died with it every time were not blamed: all completed.
+        check_completed(healthy, 3)
+        assert summary["goals"][goal.id] == "failed"
+        assert goal.status == "failed" and goal.error is not None
+        assert goal.error.code == "crash_loop"
+        assert "stopped 3 times in a row" in goal.error.message
+        assert "step 2 ('part 2')" in goal.error.message
+        assert "max_recoveries is 2" in goal.error.message
+        step = goal.steps[1]
+        assert step.status == "failed" and step.error == goal.error
+        assert [s.status for s in goal.steps] == ["completed", "failed", "pending"]
+        runs = [c for c in read_calls(log) if c.goal == goal.id and c.step == 2]
+        assert len(runs) == deaths == self.RECOVERIES + 1
+        events = state[goal.id][1]
+        assert [e.type for e in events[-2:]] == ["goal.step_failed", "goal.failed"]
+        assert events[-2].data["will_retry"] is False
+
+
 class TestTwoProcesses:
     """Two managers on one file share the work and never run one goal at the same time."""
 

@@ -83,6 +83,9 @@ class Storage(Protocol):
         """Lease up to `limit` active goals that nobody holds (or whose lease expired).
 
         Oldest first, so waiting goals start in creation order. Returns them with steps.
+        Claiming a goal whose lease *expired* (rather than was released) adds one to its
+        `recoveries`; a transition's goal row writes it back (`decomposed` and
+        `step_completed` reset it to 0).
         """
 
     async def renew_leases(self, owner: str, goal_ids: Iterable[str], *, ttl: float) -> set[str]:

@@ -131,6 +131,13 @@ def _idempotency_keys(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0004_recoveries")
+def _recoveries(db: Database) -> None:
+    # Takeovers of a goal from a manager that died holding it, in a row without progress:
+    # the engine fails a goal past `max_recoveries` instead of crash-looping on it.
+    db.execute("ALTER TABLE goals ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0")
+
+
 _GOAL_FIELDS = [
     "id",
     "workflow_id",
@@ -152,6 +159,7 @@ _GOAL_FIELDS = [
     "updated_at",
     "completed_at",
     "last_event_id",
+    "recoveries",
 ]
 _GOAL_COLUMNS = ", ".join(_GOAL_FIELDS)
 _SELECT_GOAL = f"SELECT {_GOAL_COLUMNS} FROM goals WHERE id = ?"
@@ -179,7 +187,7 @@ _INSERT_EVENT = "INSERT INTO events (goal_id, id, type, ts, data) VALUES (?, ?, 
 _UPDATE_GOAL = """
     UPDATE goals SET status = ?, phase = ?, total_steps = ?, steps_completed = ?,
         current_step = ?, result = ?, error = ?, updated_at = ?, completed_at = ?,
-        last_event_id = ?,
+        last_event_id = ?, recoveries = ?,
         lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END,
         lease_expires = CASE WHEN ? THEN 0 ELSE lease_expires END
     WHERE seq = ?
@@ -232,6 +240,7 @@ def _goal(row: Mapping[str, Any], steps: tuple[Step, ...] = ()) -> Goal:
         completed_at=row["completed_at"],
         last_event_id=row["last_event_id"],
         steps=steps,
+        recoveries=row["recoveries"],
     )
 
 
@@ -479,6 +488,7 @@ class SQLiteStorage:
                 goal.updated_at,
                 goal.completed_at,
                 last,
+                goal.recoveries,
                 goal.done,
                 goal.done,
                 seq,
@@ -618,8 +628,10 @@ class SQLiteStorage:
                     "ORDER BY seq LIMIT ?",
                     (now, skip, max(limit, 0)),
                 ).fetchall()
+                # An expired lease (not a released one) means its holder died or froze.
                 conn.executemany(
-                    "UPDATE goals SET lease_owner = ?, lease_expires = ? WHERE seq = ?",
+                    "UPDATE goals SET lease_owner = ?, lease_expires = ?, "
+                    "recoveries = recoveries + (lease_owner IS NOT NULL) WHERE seq = ?",
                     [(owner, now + ttl, seq) for seq, _ in candidates],
                 )
                 claimed = [self._read_goal(db, goal_id, True) for _, goal_id in candidates]
