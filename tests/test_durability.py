@@ -14,18 +14,20 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 import anyio
 import attrs
 import pytest
+from figures import record
 
 from goalkit import LeaseLost, StepSpec, transitions
 from goalkit.models import Event, Goal, new_goal_id, new_workflow_id
@@ -220,28 +222,28 @@ def check_results_match_calls(
 class TestCrashRecovery:
     """A worker SIGKILLed mid-step loses nothing committed, and a restart finishes every goal."""
 
-    GOALS, STEPS, DELAY, TTL = 20, 5, 0.04, 1.5
+    GOALS, STEPS, DELAY, TTL = 100, 5, 0.3, 1.5
 
     async def test_sigkill_mid_step_then_resume(
         self, tmp_path: Path, spawn: Callable[..., Worker]
     ) -> None:
-        """Committed steps are never re-run, in-flight ones at most once more, all goals end."""
+        """100 goals, killed with half of them inside a step: nothing committed is re-run."""
         db, log = tmp_path / "goals.db", tmp_path / "calls.log"
         first = spawn(
             "first",
             *("--create", self.GOALS, "--steps", self.STEPS, "--delay", self.DELAY),
-            *("--lease-ttl", self.TTL, "--max-concurrent", 5, "--created", tmp_path / "created"),
+            *("--lease-ttl", self.TTL, "--created", tmp_path / "created"),
         )
-        await until(lambda: (tmp_path / "created").exists(), 20, "the goals to be created")
-        # Kill at a moment when a call is certainly in flight (each takes 40 ms).
-        await until(
-            lambda: (
-                sum(c.kind == "E" for c in read_calls(log)) >= 20
-                and bool(in_flight(read_calls(log), first.pid))
-            ),
-            20,
-            "20 finished calls with one in flight",
-        )
+        await until(lambda: (tmp_path / "created").exists(), 30, "the goals to be created")
+
+        def ripe() -> bool:
+            # Kill once steps were committed and at least half the goals are inside a call.
+            calls = read_calls(log)
+            return sum(c.kind == "E" for c in calls) >= self.GOALS and (
+                len({g for g, _, _ in in_flight(calls, first.pid)}) >= self.GOALS // 2
+            )
+
+        await until(ripe, 30, f"{self.GOALS // 2} goals inside a step after a first round")
         first.kill()
         assert await first.exited(5) == -signal.SIGKILL
 
@@ -253,7 +255,7 @@ class TestCrashRecovery:
         assert done_before, "nothing was committed before the kill"
         assert any(not goal.done for goal, _ in before.values()), "the kill came too late"
         interrupted = in_flight(calls_before, first.pid)
-        assert interrupted, "no call was in flight at the kill"
+        assert len({g for g, _, _ in interrupted}) >= self.GOALS // 2
         # Everything committed before the kill was returned by a logged call.
         returned = {(c.goal, c.step) for c in calls_before if c.kind == "E"}
         assert done_before <= returned
@@ -262,8 +264,9 @@ class TestCrashRecovery:
             "second",
             *("--expect", self.GOALS, "--delay", self.DELAY, "--lease-ttl", self.TTL),
         )
-        summary = await second.finished(seconds=30)
+        summary = await second.finished(seconds=60)
         assert set(summary["goals"].values()) == {"completed"}
+        assert len(summary["goals"]) == self.GOALS
 
         after = await snapshot(db)
         calls = read_calls(log)
@@ -282,57 +285,108 @@ class TestCrashRecovery:
         runs = Counter((c.goal, c.step) for c in calls if c.kind == "S")
         assert max(runs.values()) <= 2, "a step was run more than twice"
         assert set(runs) == {(g, s) for g in after for s in range(1, self.STEPS + 1)}
+        record(
+            "crash.sigkill_mid_step",
+            goals=self.GOALS,
+            steps=self.STEPS,
+            kills=1,
+            goals_inside_a_step_at_kill=len({g for g, _, _ in interrupted}),
+            steps_committed_before_kill=len(done_before),
+            committed_steps_rerun=len(rerun & done_before),
+            steps_run_twice=sum(n == 2 for n in runs.values()),
+            max_runs_of_a_step=max(runs.values()),
+            goals_completed=sum(g.status == "completed" for g, _ in after.values()),
+            goals_lost=self.GOALS - len(after),
+        )
 
-    @pytest.mark.slow
-    async def test_sigkill_at_random_moments(
-        self, tmp_path: Path, spawn: Callable[..., Worker]
+    @pytest.mark.parametrize(
+        "kills",
+        [pytest.param(3, id="3-kills"), pytest.param(20, id="20-kills", marks=pytest.mark.slow)],
+    )
+    async def test_kill_restart_cycles(
+        self, tmp_path: Path, spawn: Callable[..., Worker], kills: int
     ) -> None:
-        """Four workers in a row SIGKILLed at random moments, then a fifth finishes every goal."""
+        """200 goals; workers SIGKILLed at random moments, `kills` times; then one finishes.
+
+        After every kill: the file passes ``PRAGMA integrity_check``, each event log is
+        gapless, and no step committed before was run again. At the end every goal has
+        completed, each step once in its log, and no goal is active or holds a lease.
+        """
         db, log = tmp_path / "goals.db", tmp_path / "calls.log"
-        goals, steps, kills, ttl = 40, 5, 4, 1.0
-        rng = random.Random()
+        goals, steps, ttl = 200, 3, 1.0
+        seed = random.randrange(2**32)
+        rng = random.Random(seed)
         committed: set[tuple[str, int]] = set()
-        # The first worker creates every goal before any kill: the others expect them all.
+        interrupted = 0
         created = tmp_path / "created"
+        # Kills at random moments are, by design, what a poison goal looks like; this test is
+        # about durability, so the poison bound is lifted (TestPoisonGoals covers it).
+        common: list[str | float] = [
+            *("--steps", steps, "--delay", 0.15, "--lease-ttl", ttl, "--max-concurrent", 40),
+            *("--max-retries", 10, "--max-recoveries", 1000, "--timeout", 180),
+        ]
+        delivered = 0
         for round_ in range(kills + 1):
-            args: list[str | float] = [
-                *("--steps", steps, "--delay", 0.1, "--lease-ttl", ttl),
-                *("--max-concurrent", 8, "--max-retries", 10),
-            ]
-            args += (
-                ["--create", goals, "--created", created] if round_ == 0 else ["--expect", goals]
-            )
-            worker = spawn(f"worker{round_}", *args)
+            if round_ == 0:  # every goal is stored before the first kill: later rounds expect them
+                worker = spawn("worker0", *common, "--create", goals, "--created", created)
+                await until(created.exists, 60, "the goals to be created")
+            else:
+                worker = spawn(f"worker{round_}", *common, "--expect", goals)
             if round_ < kills:
-                await until(
-                    lambda w=worker: (
-                        created.exists()
-                        and (
-                            any(c.pid == w.pid for c in read_calls(log))
-                            or w.proc.poll() is not None
-                        )
-                    ),
-                    20,
-                    "the worker to start a call",
-                )
-                await anyio.sleep(rng.uniform(0, 0.4))
+                # Anywhere from start-up (before any claim) to well into the run.
+                await anyio.sleep(rng.uniform(0, 2.0))
                 if worker.proc.poll() is None:
                     worker.kill()
-            code = await worker.exited(30)
+            code = await worker.exited(180)
             assert code in (0, -signal.SIGKILL), worker.stderr()[-3000:]
+            calls = read_calls(log)
+            if code != 0:
+                delivered += 1
+                interrupted += len(in_flight(calls, worker.pid))
+            assert integrity(db) == "ok"
             state = await snapshot(db)
             check_event_logs(state)
-            ran = {(c.goal, c.step) for c in read_calls(log) if c.pid == worker.pid}
+            ran = {(c.goal, c.step) for c in calls if c.pid == worker.pid and c.kind == "S"}
             assert not ran & committed, "a step committed earlier was run again"
             committed = {(g, s) for g, (_, ev) in state.items() for s in completed_steps(ev)}
             if code == 0:
                 break
+        else:
+            worker = spawn("final", *common, "--expect", goals)
+            await worker.finished(seconds=180)
         state = await snapshot(db)
+        calls = read_calls(log)
         assert len(state) == goals
         check_completed(state, steps)
-        check_results_match_calls(state, read_calls(log))
-        runs = Counter((c.goal, c.step) for c in read_calls(log) if c.kind == "S")
-        assert max(runs.values()) <= kills + 1
+        check_results_match_calls(state, calls)
+        assert integrity(db) == "ok"
+        with closing(sqlite3.connect(db)) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM goals WHERE status = 'active' OR lease_owner IS NOT NULL"
+            ).fetchone() == (0,)
+        runs = Counter((c.goal, c.step) for c in calls if c.kind == "S")
+        record(
+            "crash.kill_restart_cycles",
+            seed=seed,
+            goals=goals,
+            steps=steps,
+            kills_planned=kills,
+            kills_delivered=delivered,
+            calls_cut_by_kills=interrupted,
+            steps_run_more_than_once=sum(n > 1 for n in runs.values()),
+            max_runs_of_a_step=max(runs.values()),
+            committed_steps_rerun=0,
+            integrity_checks_ok=delivered + 1,
+            goals_completed=sum(g.status == "completed" for g, _ in state.values()),
+            goals_lost=goals - len(state),
+        )
+
+
+def integrity(db: Path) -> str:
+    """The answer of ``PRAGMA integrity_check`` on the file (``ok`` when intact)."""
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("PRAGMA integrity_check").fetchall()
+    return "\n".join(str(row[0]) for row in rows)
 
 
 class TestPoisonGoals:
