@@ -54,7 +54,7 @@ from goalkit.models import (
 from goalkit.plugins import implementations, make_plugin_manager, resolve
 from goalkit.providers import ModelProvider
 from goalkit.retry import RetryPolicy
-from goalkit.storage import Storage
+from goalkit.storage import Guarded, Storage
 
 __all__ = ["GoalManager"]
 
@@ -150,7 +150,7 @@ class GoalManager:
         self._stack: AsyncExitStack | None = None
         self._engine: TaskGroup | None = None
         self._pm: pluggy.PluginManager | None = None
-        self._storage: Storage | None = None
+        self._storage: Guarded | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -164,6 +164,11 @@ class GoalManager:
     @property
     def storage(self) -> Storage:
         """The open storage backend."""
+        return self._guarded.inner
+
+    @property
+    def _guarded(self) -> Guarded:
+        # Every call of the manager and its engine goes through this guard (see `Guarded`).
         if self._storage is None:
             raise RuntimeError("GoalManager is not open: use 'async with GoalManager(...)'")
         return self._storage
@@ -188,9 +193,10 @@ class GoalManager:
             raise PluginError(
                 f"goalkit_storage returned {storage!r} for {self.url!r}, not a Storage"
             )
+        guarded = Guarded(storage)
         async with AsyncExitStack() as stack:
-            await storage.open()
-            stack.push_async_callback(storage.close)
+            await guarded.open()
+            stack.push_async_callback(guarded.close)
             sinks = await stack.enter_async_context(anyio.create_task_group())
             for name, call in implementations(self.plugin_manager, "goalkit_event"):
                 sinks.start_soon(
@@ -200,7 +206,7 @@ class GoalManager:
             engine = await stack.enter_async_context(anyio.create_task_group())
             engine.start_soon(self._schedule, name="goalkit scheduler")
             engine.start_soon(self._heartbeat, name="goalkit heartbeat")
-            self._storage, self._engine = storage, engine
+            self._storage, self._engine = guarded, engine
             self._stack = stack.pop_all()
         return self
 
@@ -242,7 +248,7 @@ class GoalManager:
                     # Shielded: a claim that reached storage must reach a coordinator, whose
                     # exit releases the lease again if the manager is closing.
                     with anyio.CancelScope(shield=True):
-                        goals = await self.storage.claim_goals(
+                        goals = await self._guarded.claim_goals(
                             self.owner_id, ttl=self.lease_ttl, limit=free, exclude=self._excluded()
                         )
                 except Exception:
@@ -283,7 +289,7 @@ class GoalManager:
             self._deferred.update(deferred)
             with anyio.CancelScope(shield=True):
                 try:
-                    await self.storage.release_leases(self.owner_id, deferred)
+                    await self._guarded.release_leases(self.owner_id, deferred)
                 except Exception as exc:
                     log.warning("could not hand back suspect goals (%s); their leases expire", exc)
         return run
@@ -305,7 +311,7 @@ class GoalManager:
                 continue
             secured = anyio.current_time()
             try:
-                held = await self.storage.renew_leases(self.owner_id, ids, ttl=self.lease_ttl)
+                held = await self._guarded.renew_leases(self.owner_id, ids, ttl=self.lease_ttl)
             except Exception as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue
@@ -368,7 +374,7 @@ class GoalManager:
         # process) resumes it without waiting for the lease to expire.
         with anyio.CancelScope(shield=True):
             try:
-                await self.storage.release_leases(self.owner_id, [goal_id])
+                await self._guarded.release_leases(self.owner_id, [goal_id])
             except Exception as exc:
                 log.warning("could not release goal %s (%s); its lease expires", goal_id, exc)
 
@@ -386,7 +392,7 @@ class GoalManager:
         return lock
 
     async def _commit(self, transition: transitions.Transition) -> Event | None:
-        event = await self._store(transition.goal.id, partial(self.storage.commit, transition))
+        event = await self._store(transition.goal.id, partial(self._guarded.commit, transition))
         if transition.goal.recoveries == 0:
             self._suspect_cleared(transition.goal.id)  # it made progress: no suspect now
         return event
@@ -476,10 +482,10 @@ class GoalManager:
             updated_at=stamp,
         )
         if idempotency_key is None:
-            write = partial(self.storage.create_goal, transitions.create(goal))
+            write = partial(self._guarded.create_goal, transitions.create(goal))
         else:
             write = partial(
-                self.storage.create_goal,
+                self._guarded.create_goal,
                 transitions.create(goal),
                 idempotency_key=idempotency_key,
                 fingerprint=_fingerprint(spec),
@@ -508,7 +514,7 @@ class GoalManager:
 
     async def get(self, goal_id: str) -> Goal:
         """The goal with its steps; raises `GoalNotFound`."""
-        goal = await self.storage.get_goal(_goal_id(goal_id))
+        goal = await self._guarded.get_goal(_goal_id(goal_id))
         if goal is None:
             raise GoalNotFound(goal_id)
         return goal
@@ -531,13 +537,13 @@ class GoalManager:
             raise InvalidGoal(f"must be an integer from 1 to {MAX_LIMIT}", field="limit")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidGoal("must be an integer of at least 0", field="offset")
-        return await self.storage.list_goals(
+        return await self._guarded.list_goals(
             owner=owner, status=status, tag=tag, limit=limit, offset=offset
         )
 
     async def by_workflow(self, workflow_id: str) -> builtins.list[Goal]:
         """The goals driven by a workflow id (an indexed lookup)."""
-        return await self.storage.goals_by_workflow(workflow_id)
+        return await self._guarded.goals_by_workflow(workflow_id)
 
     async def cancel(self, goal_id: str) -> Goal:
         """Cancel a goal: stops its in-flight provider call; `GoalConflict` if it has ended."""
@@ -564,7 +570,7 @@ class GoalManager:
         """
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidGoal("must be an integer of at least 0", field="after")
-        return EventStream(self.storage, self._bus, _goal_id(goal_id), after, self.poll_interval)
+        return EventStream(self._guarded, self._bus, _goal_id(goal_id), after, self.poll_interval)
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""
