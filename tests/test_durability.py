@@ -167,10 +167,10 @@ async def storage(db: Path) -> AsyncIterator[SQLiteStorage]:
         await store.close()
 
 
-async def snapshot(db: Path) -> dict[str, tuple[Goal, list[Event]]]:
-    """Every goal of the store with its steps and its full event log."""
+async def snapshot(db: Path, limit: int = 500) -> dict[str, tuple[Goal, list[Event]]]:
+    """Every goal of the store (up to `limit`) with its steps and its full event log."""
     async with storage(db) as store:
-        page = await store.list_goals(limit=500)
+        page = await store.list_goals(limit=limit)
         found = {}
         for item in page.items:
             goal = await store.get_goal(item.id)
