@@ -583,44 +583,66 @@ class TestFencing:
     async def test_frozen_owner_writes_nothing_after_takeover(
         self, tmp_path: Path, spawn: Callable[..., Worker]
     ) -> None:
-        """A is SIGSTOPped mid-step past its lease; after B finishes and A resumes, A wrote nothing."""
-        db, log = tmp_path / "goals.db", tmp_path / "calls.log"
-        steps, ttl = 4, 1.0
-        common: list[str | float] = ["--delay", 0.4, "--lease-ttl", ttl, "--stubborn"]
-        a = spawn("a", "--create", 1, "--steps", steps, *common)
-        await until(lambda: bool(read_calls(log)), 20, "a to start the goal")
-        b = spawn("b", "--expect", 1, *common)
-        await until(b.ready.exists, 20, "worker b to start")
-        await until(lambda: bool(in_flight(read_calls(log), a.pid)), 20, "a call of a in flight")
-        a.kill(signal.SIGSTOP)
-        ((goal_id, frozen_step, frozen_attempt),) = in_flight(read_calls(log), a.pid)
-        assert all(c.pid == a.pid for c in read_calls(log)), "b ran the goal a held"
+        """A is SIGSTOPped mid-step past its lease; after B finishes and A resumes, A wrote nothing.
 
-        await b.finished(seconds=30)
+        A holds 8 goals, each with a call in flight that ignores cancellation, so once
+        resumed A really has 8 results in hand and tries to write them: the store must stay
+        exactly as B left it.
+        """
+        db, log = tmp_path / "goals.db", tmp_path / "calls.log"
+        goals, steps, ttl = 8, 4, 1.0
+        common: list[str | float] = ["--delay", 0.4, "--lease-ttl", ttl, "--stubborn"]
+        a = spawn("a", "--create", goals, "--steps", steps, *common)
+        await until(lambda: bool(read_calls(log)), 20, "a to start the goals")
+        b = spawn("b", "--expect", goals, *common)
+        await until(b.ready.exists, 20, "worker b to start")
+        await until(
+            lambda: len(in_flight(read_calls(log), a.pid)) == goals, 20, "a call of a per goal"
+        )
+        a.kill(signal.SIGSTOP)
+        frozen = {g: (step, attempt) for g, step, attempt in in_flight(read_calls(log), a.pid)}
+        assert len(frozen) == goals
+        assert all(c.pid == a.pid for c in read_calls(log)), "b ran a goal a held"
+
+        await b.finished(seconds=60)
         taken_over_at = min(c.t for c in read_calls(log) if c.pid == b.pid)
         state = await snapshot(db)
         a.kill(signal.SIGCONT)
-        await a.finished(seconds=30)  # a sees the goal completed (by b) and exits cleanly
+        await a.finished(seconds=60)  # a sees its goals completed (by b) and exits cleanly
 
-        # a's stubborn call did return a result after the takeover ...
+        # a's stubborn calls did return results after the takeover ...
         calls = read_calls(log)
-        late = [c for c in calls if c.kind == "E" and c.pid == a.pid and c.step == frozen_step]
-        assert late
-        assert late[0].t > taken_over_at
-        # ... and nothing of it reached the store: it is exactly as b left it.
+        late = {
+            c.goal
+            for c in calls
+            if c.kind == "E"
+            and c.pid == a.pid
+            and c.t > taken_over_at
+            and (c.step, c.attempt) == frozen[c.goal]
+        }
+        assert late == set(frozen)
+        # ... and nothing of them reached the store: it is exactly as b left it.
         assert await snapshot(db) == state
-        ((goal, events),) = state.values()
         check_event_logs(state)
         check_completed(state, steps)
         check_results_match_calls(state, calls)
-        for step in goal.steps:
-            expected = a.pid if step.index < frozen_step else b.pid
-            assert step.result["pid"] == expected, step  # type: ignore[index]
-        frozen = next(s for s in goal.steps if s.index == frozen_step)
-        assert frozen.attempts == frozen_attempt + 1
-        started = [e.data["step"] for e in events if e.type == "goal.step_started"]
-        assert started == sorted([*range(1, steps + 1), frozen_step])
-        assert goal_id == goal.id
+        for goal_id, (goal, events) in state.items():
+            frozen_step, frozen_attempt = frozen[goal_id]
+            for step in goal.steps:
+                expected = a.pid if step.index < frozen_step else b.pid
+                assert step.result["pid"] == expected, step  # type: ignore[index]
+            again = next(s for s in goal.steps if s.index == frozen_step)
+            assert again.attempts == frozen_attempt + 1
+            started = [e.data["step"] for e in events if e.type == "goal.step_started"]
+            assert started == sorted([*range(1, steps + 1), frozen_step])
+        record(
+            "fencing.sigstop_past_lease",
+            goals=goals,
+            calls_in_flight_at_sigstop=len(frozen),
+            late_results_returned_after_sigcont=len(late),
+            late_writes_accepted=0,
+            goals_completed=sum(g.status == "completed" for g, _ in state.values()),
+        )
 
 
 class TestSelfFencing:
