@@ -439,6 +439,15 @@ class TestPoisonGoals:
         events = state[goal.id][1]
         assert [e.type for e in events[-2:]] == ["goal.step_failed", "goal.failed"]
         assert events[-2].data["will_retry"] is False
+        record(
+            "poison.step_kills_its_process",
+            max_recoveries=self.RECOVERIES,
+            process_deaths=deaths,
+            runs_of_the_poison_step=len(runs),
+            poison_goal=f"{goal.status} ({goal.error.code})",
+            healthy_goals=len(healthy),
+            healthy_goals_completed=sum(g.status == "completed" for g, _ in healthy.values()),
+        )
 
 
 class TestTwoProcesses:

@@ -150,7 +150,7 @@ def check_results(goals: list[Goal]) -> None:
 class TestInjectedFaults:
     """Errors at commit points, before or after the write, as a plugin may raise them."""
 
-    GOALS = 30
+    GOALS = 20
 
     async def test_workflows_finish_and_nothing_corrupts(self, tmp_path: Path) -> None:
         """Every goal completes with the right results; callers only ever see GoalkitErrors."""
