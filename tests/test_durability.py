@@ -449,6 +449,13 @@ class TestPoisonGoals:
             healthy_goals_completed=sum(g.status == "completed" for g, _ in healthy.values()),
         )
 
+    def test_negative_max_recoveries_is_refused(self) -> None:
+        """`max_recoveries` below 0 is a ValueError naming it."""
+        from goalkit import GoalManager
+
+        with pytest.raises(ValueError, match="max_recoveries must be at least 0"):
+            GoalManager("memory://", max_recoveries=-1)
+
 
 class TestTwoProcesses:
     """Two managers on one file share the work and never run one goal at the same time."""
