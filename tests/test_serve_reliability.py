@@ -157,7 +157,8 @@ class TestGracefulShutdown:
     async def test_sigterm_with_50_goals_running(self, serve: Server) -> None:
         """Exit 0 within the grace period; after the restart 50/50 complete, none twice."""
         await start(serve)
-        ids = await create_many(serve, self.GOALS, model="scripted/0.3")
+        # 1 s steps: no goal can finish while the others are still being created.
+        ids = await create_many(serve, self.GOALS, model="scripted/1")
         async with client(serve) as http:
             deadline = time.monotonic() + 60
             while True:  # every goal planned and inside its steps

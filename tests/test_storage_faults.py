@@ -38,7 +38,10 @@ STEPS = ("gather", "draft", "review")
 
 
 class Steps:
-    """A provider plugin: three steps, each result naming the goal and the step."""
+    """A provider plugin: three steps of `delay` seconds, each result naming goal and step."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.delay = delay
 
     @hookimpl
     def goalkit_model_provider(self, model: str) -> Steps | None:
@@ -48,7 +51,7 @@ class Steps:
         return list(STEPS)
 
     async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> JSON:
-        await anyio.sleep(0.01)
+        await anyio.sleep(self.delay)
         assert [p.index for p in previous] == list(range(1, step.index))
         return f"{goal.description}/{step.title}"
 
@@ -241,7 +244,7 @@ class TestOutsideWriteLock:
         call = Caller()
         async with GoalManager(
             f"short+sqlite:///{db}",
-            plugins=[Steps(), Short()],
+            plugins=[Steps(delay=0.3), Short()],  # the early goals are mid-step at the lock
             entry_points=False,
             lease_ttl=1.0,
             retry_backoff=0,
