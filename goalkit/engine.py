@@ -350,6 +350,7 @@ class Coordinator:
     step_timeout: float | None
     publish_delta: Callable[[Event], None] | None = None
     """Where streamed text goes (the bus's live-only delivery), or None: live output off."""
+    max_recoveries: int = 3
 
     async def _apply(self, transition: transitions.Transition) -> Goal:
         event = await self.commit(transition)
@@ -362,6 +363,8 @@ class Coordinator:
     async def run(self) -> None:
         """Plan if needed, run every step not yet completed, then complete the goal."""
         try:
+            if self.goal.recoveries > self.max_recoveries:
+                await self._abandon()
             steps = list(self.goal.steps)
             if self.goal.phase in ("created", "decomposing"):
                 steps = await self._decompose()
@@ -384,6 +387,27 @@ class Coordinator:
             )
         except _GoalFailed:
             pass
+
+    async def _abandon(self) -> None:
+        """Fail a poison goal: its runs keep dying, so resuming it again would crash-loop."""
+        running = next((s for s in self.goal.steps if s.status == "running"), None)
+        where = (
+            f"in step {running.index} ({running.title!r}), attempt {running.attempts}"
+            if running is not None
+            else f"in phase {self.goal.phase!r}"
+        )
+        error = ErrorInfo(
+            "crash_loop",
+            f"the process running this goal stopped {self.goal.recoveries} times in a row "
+            f"without completing a step (last {where}); max_recoveries is "
+            f"{self.max_recoveries}, so it is not resumed again",
+        )
+        if running is not None:
+            # The interrupted attempt ends as a failure, so no step is left `running`.
+            await self._apply(
+                transitions.step_failed(self.goal, running, error, False, now(), lease=self.lease)
+            )
+        await self._fail(error.code, error.message)
 
     async def _fail(self, code: str, message: str, usage: Usage = NO_USAGE) -> None:
         await self._apply(

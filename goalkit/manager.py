@@ -55,7 +55,7 @@ from goalkit.models import (
 from goalkit.plugins import implementations, make_plugin_manager, resolve
 from goalkit.providers import ModelProvider
 from goalkit.retry import RetryPolicy
-from goalkit.storage import Storage
+from goalkit.storage import Guarded, Storage
 
 __all__ = ["GoalManager"]
 
@@ -86,6 +86,9 @@ class GoalManager:
     :param live_output: stream step answers from providers that can (``stream_step``) and
         publish each chunk of text as a live-only ``goal.step_delta`` event to the followers
         of `events` (and so to SSE clients); never stored and never sent to sinks.
+    :param max_recoveries: how many times in a row a goal is resumed after the manager
+        running it died (or froze, or lost its lease) without a step completing since; past
+        that the goal fails with code ``crash_loop`` instead of crash-looping (a poison goal).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class GoalManager:
         poll_interval: float | None = None,
         entry_points: bool = True,
         live_output: bool = False,
+        max_recoveries: int = 3,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -111,6 +115,9 @@ class GoalManager:
             raise ValueError("lease_ttl must be positive")
         if step_timeout is not None and step_timeout <= 0:
             raise ValueError("step_timeout must be positive or None")
+        if max_recoveries < 0:
+            raise ValueError("max_recoveries must be at least 0")
+        self.max_recoveries = max_recoveries
         self.url = storage
         self.default_model = default_model
         self.max_concurrent = max_concurrent
@@ -136,6 +143,12 @@ class GoalManager:
         self._bus = EventBus()
         self._running: dict[str, anyio.CancelScope] = {}
         self._cooldown: dict[str, float] = {}
+        # Poison-goal isolation: a goal recovered more than once (or max_recoveries times,
+        # when that is lower) runs here only alone among such goals, so a goal that kills
+        # its process cannot keep failing the neighbours it shares the process with.
+        self._isolate_at = max(1, min(2, max_recoveries))
+        self._suspect: str | None = None
+        self._deferred: set[str] = set()
         self._providers: dict[str, ModelProvider] = {}
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
         self._wake = anyio.Event()
@@ -143,7 +156,7 @@ class GoalManager:
         self._stack: AsyncExitStack | None = None
         self._engine: TaskGroup | None = None
         self._pm: pluggy.PluginManager | None = None
-        self._storage: Storage | None = None
+        self._storage: Guarded | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,6 +170,11 @@ class GoalManager:
     @property
     def storage(self) -> Storage:
         """The open storage backend."""
+        return self._guarded.inner
+
+    @property
+    def _guarded(self) -> Guarded:
+        # Every call of the manager and its engine goes through this guard (see `Guarded`).
         if self._storage is None:
             raise RuntimeError("GoalManager is not open: use 'async with GoalManager(...)'")
         return self._storage
@@ -181,9 +199,10 @@ class GoalManager:
             raise PluginError(
                 f"goalkit_storage returned {storage!r} for {self.url!r}, not a Storage"
             )
+        guarded = Guarded(storage)
         async with AsyncExitStack() as stack:
-            await storage.open()
-            stack.push_async_callback(storage.close)
+            await guarded.open()
+            stack.push_async_callback(guarded.close)
             # After the coordinators stop (the engine group exits first), before storage.
             stack.push_async_callback(self._close_providers)
             sinks = await stack.enter_async_context(anyio.create_task_group())
@@ -195,7 +214,7 @@ class GoalManager:
             engine = await stack.enter_async_context(anyio.create_task_group())
             engine.start_soon(self._schedule, name="goalkit scheduler")
             engine.start_soon(self._heartbeat, name="goalkit heartbeat")
-            self._storage, self._engine = storage, engine
+            self._storage, self._engine = guarded, engine
             self._stack = stack.pop_all()
         return self
 
@@ -251,12 +270,13 @@ class GoalManager:
                     # Shielded: a claim that reached storage must reach a coordinator, whose
                     # exit releases the lease again if the manager is closing.
                     with anyio.CancelScope(shield=True):
-                        goals = await self.storage.claim_goals(
+                        goals = await self._guarded.claim_goals(
                             self.owner_id, ttl=self.lease_ttl, limit=free, exclude=self._excluded()
                         )
                 except Exception:
                     log.exception("claiming goals failed; trying again")
                     goals = []
+                goals = await self._isolate(goals)
                 for goal in goals:
                     # The scope's deadline is this process's view of the lease: should
                     # renewals fail, the coordinator stops before another manager may
@@ -270,6 +290,38 @@ class GoalManager:
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
 
+    async def _isolate(self, goals: list[Goal]) -> list[Goal]:
+        """The claimed goals to run now; suspects beyond the one allowed are handed back."""
+        run: list[Goal] = []
+        deferred: list[str] = []
+        for goal in goals:
+            if self._isolate_at <= goal.recoveries <= self.max_recoveries:
+                if self._suspect is not None:
+                    deferred.append(goal.id)
+                    continue
+                self._suspect = goal.id
+                log.warning(
+                    "goal %s: resumed after %d crash(es) in a row; running it isolated",
+                    goal.id,
+                    goal.recoveries,
+                )
+            run.append(goal)
+        if deferred:
+            # Released, not left to expire: waiting here is not a crash, and counts none.
+            self._deferred.update(deferred)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._guarded.release_leases(self.owner_id, deferred)
+                except Exception as exc:
+                    log.warning("could not hand back suspect goals (%s); their leases expire", exc)
+        return run
+
+    def _suspect_cleared(self, goal_id: str) -> None:
+        if self._suspect == goal_id:
+            self._suspect = None
+            self._deferred.clear()
+            self._wake.set()
+
     async def _heartbeat(self) -> None:
         # Beats at least every second, not only every third of the lease: a goal cancelled
         # by another process has lost its lease, and this is how its call here is stopped.
@@ -281,7 +333,7 @@ class GoalManager:
                 continue
             secured = anyio.current_time()
             try:
-                held = await self.storage.renew_leases(self.owner_id, ids, ttl=self.lease_ttl)
+                held = await self._guarded.renew_leases(self.owner_id, ids, ttl=self.lease_ttl)
             except Exception as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue
@@ -318,6 +370,7 @@ class GoalManager:
                     policy=self.retry_policy,
                     step_timeout=self.step_timeout,
                     publish_delta=self._bus.publish_live if self.live_output else None,
+                    max_recoveries=self.max_recoveries,
                 )
                 await coordinator.run()
         except LeaseLost:
@@ -334,6 +387,7 @@ class GoalManager:
                 log.warning("goal %s: lease not renewed in time; coordinator stopped", goal.id)
                 self._cooldown[goal.id] = anyio.current_time() + self.lease_ttl
             self._running.pop(goal.id, None)
+            self._suspect_cleared(goal.id)
             self._wake.set()
             if self._closing:
                 await self._release(goal.id)
@@ -343,7 +397,7 @@ class GoalManager:
         # process) resumes it without waiting for the lease to expire.
         with anyio.CancelScope(shield=True):
             try:
-                await self.storage.release_leases(self.owner_id, [goal_id])
+                await self._guarded.release_leases(self.owner_id, [goal_id])
             except Exception as exc:
                 log.warning("could not release goal %s (%s); its lease expires", goal_id, exc)
 
@@ -352,7 +406,7 @@ class GoalManager:
         clock = anyio.current_time()
         for goal_id in [g for g, until in self._cooldown.items() if until <= clock]:
             del self._cooldown[goal_id]
-        return set(self._running) | set(self._cooldown)
+        return set(self._running) | set(self._cooldown) | self._deferred
 
     def _lock(self, goal_id: str) -> anyio.Lock:
         lock = self._locks.get(goal_id)
@@ -361,7 +415,10 @@ class GoalManager:
         return lock
 
     async def _commit(self, transition: transitions.Transition) -> Event | None:
-        return await self._store(transition.goal.id, partial(self.storage.commit, transition))
+        event = await self._store(transition.goal.id, partial(self._guarded.commit, transition))
+        if transition.goal.recoveries == 0:
+            self._suspect_cleared(transition.goal.id)  # it made progress: no suspect now
+        return event
 
     async def _store(
         self, goal_id: str, write: Callable[[], Awaitable[Event | None]]
@@ -455,10 +512,10 @@ class GoalManager:
             max_tokens=spec.max_tokens,
         )
         if idempotency_key is None:
-            write = partial(self.storage.create_goal, transitions.create(goal))
+            write = partial(self._guarded.create_goal, transitions.create(goal))
         else:
             write = partial(
-                self.storage.create_goal,
+                self._guarded.create_goal,
                 transitions.create(goal),
                 idempotency_key=idempotency_key,
                 fingerprint=_fingerprint(spec),
@@ -487,7 +544,7 @@ class GoalManager:
 
     async def get(self, goal_id: str) -> Goal:
         """The goal with its steps; raises `GoalNotFound`."""
-        goal = await self.storage.get_goal(_goal_id(goal_id))
+        goal = await self._guarded.get_goal(_goal_id(goal_id))
         if goal is None:
             raise GoalNotFound(goal_id)
         return goal
@@ -510,13 +567,13 @@ class GoalManager:
             raise InvalidGoal(f"must be an integer from 1 to {MAX_LIMIT}", field="limit")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidGoal("must be an integer of at least 0", field="offset")
-        return await self.storage.list_goals(
+        return await self._guarded.list_goals(
             owner=owner, status=status, tag=tag, limit=limit, offset=offset
         )
 
     async def by_workflow(self, workflow_id: str) -> builtins.list[Goal]:
         """The goals driven by a workflow id (an indexed lookup)."""
-        return await self.storage.goals_by_workflow(workflow_id)
+        return await self._guarded.goals_by_workflow(workflow_id)
 
     async def cancel(self, goal_id: str) -> Goal:
         """Cancel a goal: stops its in-flight provider call; `GoalConflict` if it has ended."""
@@ -543,7 +600,7 @@ class GoalManager:
         """
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidGoal("must be an integer of at least 0", field="after")
-        return EventStream(self.storage, self._bus, _goal_id(goal_id), after, self.poll_interval)
+        return EventStream(self._guarded, self._bus, _goal_id(goal_id), after, self.poll_interval)
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""

@@ -211,6 +211,10 @@ class Goal:
     `steps` is filled by `GoalManager.get`; listings leave it empty. `last_event_id` is the
     number of the goal's newest stored event. `max_tokens` is the goal's token budget (None:
     no budget) and `usage` the tokens its provider calls used so far, planning included.
+    `recoveries` counts how many times in a row the
+    goal was taken over from a manager that stopped holding it (a crash, a freeze, a lost
+    lease) without a step completing since; it bounds crash loops (poison goals) and, like
+    `last_event_id`, is bookkeeping outside the JSON form.
     """
 
     id: str
@@ -236,6 +240,7 @@ class Goal:
     steps: tuple[Step, ...] = ()
     max_tokens: int | None = None
     usage: Usage = NO_USAGE
+    recoveries: int = 0
 
     @property
     def done(self) -> bool:

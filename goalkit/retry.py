@@ -16,7 +16,7 @@ def will_retry(attempts: int, max_retries: int) -> bool:
     A step that keeps failing gets ``1 + max_retries`` attempts. An attempt cut short by a
     crash counts (SPEC §6: "its attempt counted"), but the interrupted step is always run
     again on resume; if that attempt fails, only the retries left are granted. A step that
-    kills its process every time is therefore not bounded here (a known gap: poison goals).
+    kills its process every time is bounded elsewhere, by `GoalManager(max_recoveries=...)`.
     """
     return attempts <= max_retries
 

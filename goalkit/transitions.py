@@ -79,7 +79,7 @@ def decomposed(
 ) -> Transition:
     """The plan is known: its steps are stored as pending and `goal.decomposed` records it.
 
-    `usage` is what every planning attempt used; it is added to the goal's.
+    `usage` is what every planning attempt used; it is added to the goal's. Like `step_completed`, it is progress, so it resets the goal's `recoveries`.
     """
     steps = tuple(
         Step(index=i, title=spec.title, description=spec.description)
@@ -93,6 +93,7 @@ def decomposed(
             total_steps=len(steps),
             current_step=1,
             usage=goal.usage + usage,
+            recoveries=0,
         ),
         steps=steps,
         event="goal.decomposed",
@@ -139,6 +140,7 @@ def step_completed(
             steps_completed=goal.steps_completed + 1,
             current_step=None if last else step.index + 1,
             usage=goal.usage + usage,
+            recoveries=0,  # progress: whatever crashed before was not this goal's doing
         ),
         steps=(done,),
         event="goal.step_completed",

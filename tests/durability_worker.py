@@ -11,9 +11,12 @@ once when the call starts and once just before it returns, each line flushed and
 A step's result is ``{"pid": …, "step": …, "attempt": …}``, so the stored results say which
 process ran them. The provider is configured through the environment (the worker sets it),
 because a plugin loaded by path is a module of its own: ``GOALKIT_CALL_LOG`` (the log file),
-``GOALKIT_STEP_DELAY`` (seconds each call takes) and ``GOALKIT_STUBBORN`` (``1``: the call
+``GOALKIT_STEP_DELAY`` (seconds each call takes; ``GOALKIT_SLOW_STEP`` and
+``GOALKIT_SLOW_DELAY`` give one step number a delay of its own) and ``GOALKIT_STUBBORN`` (``1``: the call
 ignores cancellation while it sleeps, like a client that cannot be interrupted, so a
-frozen-and-resumed owner really holds a result it will try to write).
+frozen-and-resumed owner really holds a result it will try to write). A goal whose description
+starts with ``poison`` is a poison goal: the first call of its step 2 SIGKILLs the process,
+every time (after logging the ``S`` line).
 
 The worker creates ``--create N`` goals (or, with ``--expect N``, waits until the store holds
 N goals that others create), waits until every goal of the store has ended, prints a JSON
@@ -27,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -58,7 +62,11 @@ class RecordingProvider:
 
     async def run_step(self, goal: Goal, step: Step, previous: Sequence[Step]) -> JSON:
         _record("S", goal, step)
+        if goal.description.startswith("poison") and step.index == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
         delay = float(os.environ.get("GOALKIT_STEP_DELAY", "0.02"))
+        if step.index == int(os.environ.get("GOALKIT_SLOW_STEP", "0")):
+            delay = float(os.environ["GOALKIT_SLOW_DELAY"])
         if os.environ.get("GOALKIT_STUBBORN") == "1":
             with anyio.CancelScope(shield=True):
                 await anyio.sleep(delay)
@@ -93,11 +101,13 @@ async def main(args: argparse.Namespace) -> None:
         max_retries=args.max_retries,
         retry_backoff=0,
         step_timeout=30,
+        max_recoveries=args.max_recoveries,
     ) as manager:
         _touch(args.ready, manager.owner_id)
+        names = [f"goal {i}" for i in range(args.create)]
+        names += [f"poison {i}" for i in range(args.poison)]
         created = [
-            (await manager.create(f"goal {i}", model=MODEL, max_steps=args.steps)).id
-            for i in range(args.create)
+            (await manager.create(name, model=MODEL, max_steps=args.steps)).id for name in names
         ]
         _touch(args.created, "\n".join(created))
         with anyio.fail_after(args.timeout):
@@ -118,9 +128,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--db", required=True)
     parser.add_argument("--log", required=True, help="the call log file")
     parser.add_argument("--create", type=int, default=0, help="goals to create")
+    parser.add_argument("--poison", type=int, default=0, help="poison goals to create last")
+    parser.add_argument("--max-recoveries", type=int, default=3)
     parser.add_argument("--expect", type=int, default=0, help="goals to wait for in the store")
     parser.add_argument("--steps", type=int, default=3, help="steps per goal")
     parser.add_argument("--delay", type=float, default=0.02, help="seconds per provider call")
+    parser.add_argument("--slow-step", type=int, default=0, help="this step takes --slow-delay")
+    parser.add_argument("--slow-delay", type=float, default=0.0)
     parser.add_argument("--stubborn", action="store_true", help="calls ignore cancellation")
     parser.add_argument("--lease-ttl", type=float, default=1.5)
     parser.add_argument("--max-concurrent", type=int, default=100)
@@ -136,6 +150,8 @@ if __name__ == "__main__":
     os.environ["GOALKIT_CALL_LOG"] = arguments.log
     os.environ["GOALKIT_STEP_DELAY"] = str(arguments.delay)
     os.environ["GOALKIT_STUBBORN"] = "1" if arguments.stubborn else "0"
+    os.environ["GOALKIT_SLOW_STEP"] = str(arguments.slow_step)
+    os.environ["GOALKIT_SLOW_DELAY"] = str(arguments.slow_delay)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

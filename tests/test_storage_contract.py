@@ -476,6 +476,52 @@ class TestClaim:
         assert await store.claim_goals("m2", ttl=60, limit=10) == []
 
 
+class TestRecoveries:
+    """`recoveries` counts takeovers of expired leases in a row, and progress resets it."""
+
+    async def test_expired_lease_counts_released_lease_does_not(self, store: Storage) -> None:
+        """A fresh claim and a claim after release count nothing; one after expiry counts 1."""
+        goal = await create(store)
+        (got,) = await store.claim_goals("m1", ttl=60, limit=1)
+        assert got.recoveries == 0
+        await store.release_leases("m1", [goal.id])
+        (got,) = await store.claim_goals("m2", ttl=0.05, limit=1)
+        assert got.recoveries == 0
+        await anyio.sleep(0.1)
+        (got,) = await store.claim_goals("m3", ttl=0.05, limit=1)
+        assert got.recoveries == 1
+        await anyio.sleep(0.1)
+        (got,) = await store.claim_goals("m4", ttl=60, limit=1)
+        assert got.recoveries == 2
+        stored = await store.get_goal(goal.id)
+        assert stored is not None and stored.recoveries == 2
+
+    async def test_commits_keep_it_and_progress_resets_it(self, store: Storage) -> None:
+        """A step start keeps the count; a decomposition or a completed step sets it to 0."""
+        goal = await claimed(store, owner="m1")
+        goal = await apply(store, transitions.decomposing(goal, NOW, lease="m1"))
+        await store.release_leases("m1", [goal.id])
+        (goal,) = await store.claim_goals("m2", ttl=0.05, limit=1)
+        await anyio.sleep(0.1)  # m2 "dies": its lease runs out
+        (goal,) = await store.claim_goals("m3", ttl=60, limit=1)
+        assert goal.recoveries == 1
+        plan = tuple(StepSpec(t) for t in ("a", "b"))
+        goal = await apply(store, transitions.decomposed(goal, plan, NOW, lease="m3"))
+        assert goal.recoveries == 0
+        await store.release_leases("m3", [goal.id])
+        (goal,) = await store.claim_goals("m4", ttl=0.05, limit=1)
+        await anyio.sleep(0.1)
+        (goal,) = await store.claim_goals("m5", ttl=60, limit=1)
+        step = goal.steps[0]
+        goal = await apply(store, transitions.step_started(goal, step, NOW, lease="m5"))
+        assert goal.recoveries == 1
+        goal = await apply(
+            store,
+            transitions.step_completed(goal, goal.steps[0], "ok", NOW, lease="m5"),
+        )
+        assert goal.recoveries == 0
+
+
 class TestLeases:
     async def test_renew_only_held(self, store: Storage) -> None:
         """Renewal extends and reports only the leases the owner still holds."""

@@ -9,13 +9,17 @@ in ``tests/test_storage_contract.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Protocol, TypeVar, runtime_checkable
 
+from goalkit.errors import GoalkitError, StorageError
 from goalkit.models import Event, Goal, Page, Status
 from goalkit.transitions import Transition
 
-__all__ = ["KEY_REUSED", "Storage"]
+__all__ = ["KEY_REUSED", "Guarded", "Storage"]
+
+T = TypeVar("T")
 
 KEY_REUSED = "this Idempotency-Key was already used with a different request"
 """The message of the `GoalConflict` every backend raises for a reused idempotency key."""
@@ -83,6 +87,9 @@ class Storage(Protocol):
         """Lease up to `limit` active goals that nobody holds (or whose lease expired).
 
         Oldest first, so waiting goals start in creation order. Returns them with steps.
+        Claiming a goal whose lease *expired* (rather than was released) adds one to its
+        `recoveries`; a transition's goal row writes it back (`decomposed` and
+        `step_completed` reset it to 0).
         """
 
     async def renew_leases(self, owner: str, goal_ids: Iterable[str], *, ttl: float) -> set[str]:
@@ -90,3 +97,103 @@ class Storage(Protocol):
 
     async def release_leases(self, owner: str, goal_ids: Iterable[str]) -> None:
         """Give up leases so another manager (or the next start) can resume at once."""
+
+
+class Guarded:
+    """A `Storage` that turns whatever else a backend raises into a `StorageError`.
+
+    `GoalManager` wraps every backend in one, so a plugin's backend that lets a raw
+    ``sqlite3.OperationalError`` (or any other exception) out still reaches callers as a
+    `GoalkitError`, with the original as its ``__cause__``. `GoalkitError`s pass unchanged:
+    `LeaseLost`, `GoalConflict` and `GoalNotFound` steer the engine.
+    """
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"Guarded({self.inner!r})"
+
+    async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except GoalkitError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+            raise StorageError(f"storage {name} failed: {detail}") from exc
+
+    async def open(self) -> None:
+        await self._call("open", self.inner.open)
+
+    async def close(self) -> None:
+        await self._call("close", self.inner.close)
+
+    async def create_goal(
+        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> Event:
+        if idempotency_key is None:  # backends written before idempotency keys take none
+            return await self._call("create_goal", partial(self.inner.create_goal, transition))
+        return await self._call(
+            "create_goal",
+            partial(
+                self.inner.create_goal,
+                transition,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+            ),
+        )
+
+    async def commit(self, transition: Transition) -> Event | None:
+        return await self._call("commit", partial(self.inner.commit, transition))
+
+    async def get_goal(self, goal_id: str, *, steps: bool = True) -> Goal | None:
+        return await self._call("get_goal", partial(self.inner.get_goal, goal_id, steps=steps))
+
+    async def list_goals(
+        self,
+        *,
+        owner: str | None = None,
+        status: Status | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        return await self._call(
+            "list_goals",
+            partial(
+                self.inner.list_goals,
+                owner=owner,
+                status=status,
+                tag=tag,
+                limit=limit,
+                offset=offset,
+            ),
+        )
+
+    async def goals_by_workflow(self, workflow_id: str) -> list[Goal]:
+        return await self._call(
+            "goals_by_workflow", partial(self.inner.goals_by_workflow, workflow_id)
+        )
+
+    async def read_events(self, goal_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        return await self._call(
+            "read_events", partial(self.inner.read_events, goal_id, after=after, limit=limit)
+        )
+
+    async def claim_goals(
+        self, owner: str, *, ttl: float, limit: int, exclude: Iterable[str] = ()
+    ) -> list[Goal]:
+        return await self._call(
+            "claim_goals",
+            partial(self.inner.claim_goals, owner, ttl=ttl, limit=limit, exclude=exclude),
+        )
+
+    async def renew_leases(self, owner: str, goal_ids: Iterable[str], *, ttl: float) -> set[str]:
+        return await self._call(
+            "renew_leases", partial(self.inner.renew_leases, owner, goal_ids, ttl=ttl)
+        )
+
+    async def release_leases(self, owner: str, goal_ids: Iterable[str]) -> None:
+        await self._call("release_leases", partial(self.inner.release_leases, owner, goal_ids))

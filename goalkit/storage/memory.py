@@ -161,6 +161,8 @@ class MemoryStorage:
                 continue
             if record.lease_owner is not None and record.lease_expires > now:
                 continue
+            if record.lease_owner is not None:  # expired, not released: its holder died
+                record.goal = attrs.evolve(record.goal, recoveries=record.goal.recoveries + 1)
             record.lease_owner, record.lease_expires = owner, now + ttl
             claimed.append(self._full(record))
         return claimed

@@ -145,6 +145,11 @@ def _usage(db: Database) -> None:
     # Token budgets and usage. Rows written before it read as no budget and no tokens used.
     for statement in USAGE_STATEMENTS:
         db.execute(statement)
+@MIGRATIONS(name="0004_recoveries")
+def _recoveries(db: Database) -> None:
+    # Takeovers of a goal from a manager that died holding it, in a row without progress:
+    # the engine fails a goal past `max_recoveries` instead of crash-looping on it.
+    db.execute("ALTER TABLE goals ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0")
 
 
 _GOAL_FIELDS = [
@@ -171,6 +176,7 @@ _GOAL_FIELDS = [
     "max_tokens",
     "input_tokens",
     "output_tokens",
+    "recoveries",
 ]
 _GOAL_COLUMNS = ", ".join(_GOAL_FIELDS)
 _SELECT_GOAL = f"SELECT {_GOAL_COLUMNS} FROM goals WHERE id = ?"
@@ -199,7 +205,7 @@ _INSERT_EVENT = "INSERT INTO events (goal_id, id, type, ts, data) VALUES (?, ?, 
 _UPDATE_GOAL = """
     UPDATE goals SET status = ?, phase = ?, total_steps = ?, steps_completed = ?,
         current_step = ?, result = ?, error = ?, updated_at = ?, completed_at = ?,
-        last_event_id = ?, input_tokens = ?, output_tokens = ?,
+        last_event_id = ?, input_tokens = ?, output_tokens = ?, recoveries = ?,
         lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END,
         lease_expires = CASE WHEN ? THEN 0 ELSE lease_expires END
     WHERE seq = ?
@@ -254,6 +260,7 @@ def _goal(row: Mapping[str, Any], steps: tuple[Step, ...] = ()) -> Goal:
         steps=steps,
         max_tokens=row["max_tokens"],
         usage=Usage(row["input_tokens"], row["output_tokens"]),
+        recoveries=row["recoveries"],
     )
 
 
@@ -509,6 +516,7 @@ class SQLiteStorage:
                 last,
                 goal.usage.input_tokens,
                 goal.usage.output_tokens,
+                goal.recoveries,
                 goal.done,
                 goal.done,
                 seq,
@@ -648,8 +656,10 @@ class SQLiteStorage:
                     "ORDER BY seq LIMIT ?",
                     (now, skip, max(limit, 0)),
                 ).fetchall()
+                # An expired lease (not a released one) means its holder died or froze.
                 conn.executemany(
-                    "UPDATE goals SET lease_owner = ?, lease_expires = ? WHERE seq = ?",
+                    "UPDATE goals SET lease_owner = ?, lease_expires = ?, "
+                    "recoveries = recoveries + (lease_owner IS NOT NULL) WHERE seq = ?",
                     [(owner, now + ttl, seq) for seq, _ in candidates],
                 )
                 claimed = [self._read_goal(db, goal_id, True) for _, goal_id in candidates]
