@@ -38,7 +38,6 @@ from goalkit.errors import (
     StorageError,
 )
 from goalkit.models import (
-    MAX_IDEMPOTENCY_KEY,
     MAX_LIMIT,
     STATUSES,
     ErrorInfo,
@@ -50,6 +49,7 @@ from goalkit.models import (
     new_goal_id,
     new_workflow_id,
     validate_goal_spec,
+    validate_idempotency_key,
 )
 from goalkit.plugins import implementations, make_plugin_manager, resolve
 from goalkit.providers import ModelProvider
@@ -400,14 +400,8 @@ class GoalManager:
             owner=owner,
         )
         self._provider(spec.model)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str)
-            or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-            or not idempotency_key.isprintable()
-        ):
-            raise InvalidGoal(
-                f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", field="idempotency_key"
-            )
+        if idempotency_key is not None:
+            validate_idempotency_key(idempotency_key)
         stamp = now()
         goal = Goal(
             id=new_goal_id(),
