@@ -316,7 +316,9 @@ def _text_field(name: str, value: object, max_length: int, what: str = "") -> st
     if not isinstance(value, str):
         raise InvalidGoal(f"{what}must be a string", field=name)
     if not is_unicode(value):
-        raise InvalidGoal(f"{what}must be valid Unicode text (it holds a lone surrogate)", field=name)
+        raise InvalidGoal(
+            f"{what}must be valid Unicode text (it holds a lone surrogate)", field=name
+        )
     text = value.strip(BLANK)
     if not text:
         raise InvalidGoal(f"{what}must not be empty or blank", field=name)
