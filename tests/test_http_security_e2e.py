@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import random
+import resource
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -181,3 +184,30 @@ class TestOversizedBodies:
         assert offered < 50
         with server.client("alice-token") as alice:  # and the server serves on
             assert alice.get("/api/v1/goals", params={"limit": 1}).status_code == 200
+
+
+class TestConnectionLimit:
+    """``goalkit serve`` refuses connections past its limit with 503, not a crash."""
+
+    @pytest.mark.skipif(
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200, reason="needs 1,200 open files"
+    )
+    def test_past_1000_connections_is_a_503(self, server: Server) -> None:
+        idle: list[socket.socket] = []
+        try:
+            for _ in range(1000):
+                idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            with server.client("alice-token") as alice:
+                response = alice.get("/api/v1/goals", params={"limit": 1})
+            assert response.status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        # Once the server has seen those connections close, it answers again.
+        with server.client("alice-token") as alice:
+            for _ in range(100):
+                status = alice.get("/api/v1/goals", params={"limit": 1}).status_code
+                if status != 503:
+                    break
+                time.sleep(0.05)
+        assert status == 200
