@@ -286,13 +286,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def _log_config(base: dict[str, Any], level: str) -> dict[str, Any]:
-    """uvicorn's logging, with goalkit's own logger printed the same way."""
+    """uvicorn's logging, with goalkit's own logger printed the same way, and query strings
+    in the access log redacted (a token a client put in a URL is not written down)."""
     config = copy.deepcopy(base)
     config["loggers"]["goalkit"] = {
         "handlers": ["default"],
         "level": level.upper(),
         "propagate": False,
     }
+    config.setdefault("filters", {})["goalkit_redact_queries"] = {
+        "()": "goalkit.asgi.routes.RedactQueries"
+    }
+    config["loggers"].setdefault("uvicorn.access", {})["filters"] = ["goalkit_redact_queries"]
     return config
 
 

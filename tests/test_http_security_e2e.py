@@ -148,6 +148,32 @@ class TestIsolation:
         _check_pairs(server, 1000, seed=1000)
 
 
+class TestTokensInUrls:
+    """A token a client puts in the URL is refused and kept out of the access log."""
+
+    def test_query_tokens_are_redacted_in_the_access_log(self, server: Server) -> None:
+        urls = [
+            "/api/v1/goals?access_token=user1-token",
+            "/api/v1/goals?user2-token",
+            "/api/v1/goals?limit=5&token=user3%2Dtoken",
+            "/api/v1/goals?status=active&tag=qa",
+        ]
+        with server.client() as anonymous:
+            for url in urls:
+                assert anonymous.get(url).status_code == 401
+        for _ in range(100):  # the access log is written after each answer
+            if "status=active&tag=qa" in server.output:
+                break
+            time.sleep(0.05)
+        log = server.output
+        assert "GET /api/v1/goals?access_token=<redacted> HTTP/1.1" in log
+        assert "GET /api/v1/goals?<redacted> HTTP/1.1" in log
+        assert "GET /api/v1/goals?limit=5&token=<redacted> HTTP/1.1" in log
+        assert "GET /api/v1/goals?status=active&tag=qa HTTP/1.1" in log  # the API's own
+        for token in ("user1-token", "user2-token", "user3-token", "user3%2Dtoken"):
+            assert token not in log
+
+
 class TestOversizedBodies:
     """Bodies over the limit are refused with 413, and the server stops reading them."""
 

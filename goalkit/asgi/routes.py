@@ -5,12 +5,17 @@ path, query and header parameter with it; `goalkit.asgi.openapi` writes the docu
 and parameters from it. A parameter's rule (`parse`) and its JSON Schema (`schema`) live on
 the same small object, so the document cannot say one thing while the server does another.
 The request body is not here: its rules are `goalkit.models.validate_goal_spec`.
+
+The table also says which query parameters exist, which `RedactQueries` uses to keep
+whatever else a client puts in a URL (a token, say) out of access logs.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote_plus
 
 import attrs
 
@@ -29,6 +34,7 @@ from goalkit.models import (
 __all__ = [
     "MAX_GOAL_ID",
     "MAX_INTEGER",
+    "QUERY_NAMES",
     "ROUTES",
     "Choice",
     "Digits",
@@ -38,8 +44,10 @@ __all__ = [
     "Kind",
     "Operation",
     "Param",
+    "RedactQueries",
     "Route",
     "Text",
+    "redact_query",
 ]
 
 MAX_INTEGER = 2**53 - 1
@@ -299,3 +307,47 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/openapi.json", (Operation("GET", "openapi", public=True),)),
 )
 """Every path the API serves, in the order the router tries them."""
+
+
+QUERY_NAMES = frozenset(
+    param.name
+    for route in ROUTES
+    for operation in route.operations
+    for param in operation.params
+    if param.where == "query"
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}")
+
+
+def redact_query(query: str) -> str:
+    """`query` (a raw query string) with what the API does not read replaced by
+    ``<redacted>``: the value of an unknown parameter, or the whole of an odd one.
+
+    A client that puts its token in the URL (``?access_token=…``, or the token alone) gets a
+    400, but its request line still reaches the server's access log; this keeps the token
+    out of it, in any encoding. The API's own parameters are shown as sent.
+    """
+    parts = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        if not pair or unquote_plus(name) in QUERY_NAMES:
+            parts.append(pair)
+        elif equals and _NAME.fullmatch(name):
+            parts.append(f"{name}=<redacted>")
+        else:
+            parts.append("<redacted>")
+    return "&".join(parts)
+
+
+class RedactQueries(logging.Filter):
+    """A logging filter for uvicorn's access log (``uvicorn.access``) that passes each
+    request line's query string through `redact_query`; ``goalkit serve`` installs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: (client, method, path with query, HTTP version, status).
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path, mark, query = args[2].partition("?")
+            if mark:
+                record.args = (*args[:2], f"{path}?{redact_query(query)}", *args[3:])
+        return True
