@@ -95,6 +95,11 @@ class TestAuthenticationComesFirst:
         response = await http.get("/api/v1/goals?limit=0", headers=ALICE)
         refused(response, 400, "invalid_request", "limit")
 
+    async def test_the_public_document_takes_no_query(self, http: httpx.AsyncClient) -> None:
+        """The OpenAPI document needs no token; an unknown query parameter is still a 400."""
+        refused(await http.get("/api/v1/openapi.json?x=1"), 400, "invalid_request", "x")
+        assert (await http.get("/api/v1/openapi.json")).status_code == 200
+
 
 class TokenAware:
     """A `goalkit_authenticate` plugin that fails the way careless hooks do: quoting tokens."""

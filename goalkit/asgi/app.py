@@ -247,6 +247,7 @@ class GoalkitApp:
                     headers={"allow": route.allow},
                 )
             if operation.public:
+                _parameters(request, operation)  # it takes none: any is a 400, as elsewhere
                 await self._openapi(request, send)
                 return
             principal = await self._principal(request)
