@@ -46,12 +46,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["StaticTokens", "TokensFile", "TokensFileError"]
+__all__ = ["TOKEN_SYNTAX", "StaticTokens", "TokensFile", "TokensFileError"]
 
 log = logging.getLogger("goalkit.auth")
 
-# RFC 6750 ``b64token``: what may follow "Bearer " in an Authorization header.
-_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750 ``b64token``: what may follow "Bearer " in an Authorization header, so the only
+tokens these plugins accept and the only ones the HTTP API reads."""
 _ENTRY_KEYS = frozenset({"user", "admin"})
 
 
@@ -104,7 +105,7 @@ class StaticTokens(_TokenTable):
     def __init__(self, tokens: Mapping[str, Principal]) -> None:
         table: dict[bytes, Principal] = {}
         for position, (token, principal) in enumerate(tokens.items(), start=1):
-            if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            if not isinstance(token, str) or not TOKEN_SYNTAX.fullmatch(token):
                 raise ValueError(
                     f"token {position} must be a non-empty string of letters, digits "
                     "and -._~+/ (optionally ending in =)"
@@ -200,7 +201,7 @@ def _where(name: str, lines: list[str], token: str, position: int) -> str:
 def _principal(where: str, token: str, entry: Any) -> Principal:
     if not token:
         raise TokensFileError(f"{where}: the token is empty")
-    if not _TOKEN.fullmatch(token):
+    if not TOKEN_SYNTAX.fullmatch(token):
         raise TokensFileError(
             f"{where}: the token may hold only letters, digits and -._~+/ "
             "(optionally ending in =), as a bearer token must"

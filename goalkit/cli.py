@@ -270,6 +270,14 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=_log_config(uvicorn.config.LOGGING_CONFIG, args.log_level),
         timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
         server_header=False,
+        # Bounds for clients the server does not control. Past 1,000 open connections
+        # (each event stream holds one) uvicorn answers 503 instead of running out of file
+        # descriptors; an idle keep-alive connection is closed after 5 s; request headers
+        # are capped at 16 KiB. A body that trickles in meets the app's own deadline
+        # (create_app's body_timeout: 408).
+        limit_concurrency=1000,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
     )
     server = Server(config)
     try:
@@ -292,13 +300,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def _log_config(base: dict[str, Any], level: str) -> dict[str, Any]:
-    """uvicorn's logging, with goalkit's own logger printed the same way."""
+    """uvicorn's logging, with goalkit's own logger printed the same way, and query strings
+    in the access log redacted (a token a client put in a URL is not written down)."""
     config = copy.deepcopy(base)
     config["loggers"]["goalkit"] = {
         "handlers": ["default"],
         "level": level.upper(),
         "propagate": False,
     }
+    config.setdefault("filters", {})["goalkit_redact_queries"] = {
+        "()": "goalkit.asgi.routes.RedactQueries"
+    }
+    config["loggers"].setdefault("uvicorn.access", {})["filters"] = ["goalkit_redact_queries"]
     return config
 
 

@@ -39,7 +39,6 @@ from goalkit.errors import (
     StorageError,
 )
 from goalkit.models import (
-    MAX_IDEMPOTENCY_KEY,
     MAX_LIMIT,
     STATUSES,
     ErrorInfo,
@@ -51,6 +50,7 @@ from goalkit.models import (
     new_goal_id,
     new_workflow_id,
     validate_goal_spec,
+    validate_idempotency_key,
 )
 from goalkit.plugins import implementations, make_plugin_manager, resolve
 from goalkit.providers import ModelProvider
@@ -486,14 +486,8 @@ class GoalManager:
             max_tokens=max_tokens,
         )
         self._provider(spec.model)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str)
-            or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-            or not idempotency_key.isprintable()
-        ):
-            raise InvalidGoal(
-                f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", field="idempotency_key"
-            )
+        if idempotency_key is not None:
+            validate_idempotency_key(idempotency_key)
         stamp = now()
         goal = Goal(
             id=new_goal_id(),

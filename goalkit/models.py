@@ -1,5 +1,10 @@
 """Goals, steps and events as immutable values, plus validation of creation fields.
 
+`validate_goal_spec` and `validate_idempotency_key` are the one set of creation rules:
+`GoalManager.create` applies them, the HTTP layer adds only JSON-specific checks (unknown
+fields, null) on top, and the OpenAPI document states the same rules through `BLANK` and
+`text_pattern`, so the document, the HTTP API and the Python API agree on every input.
+
 Nothing here does I/O. The state machine that moves these values from one state to the next
 lives in `goalkit.transitions`; storage backends persist them, the engine drives them.
 """
@@ -7,6 +12,7 @@ lives in `goalkit.transitions`; storage backends persist them, the engine drives
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
@@ -16,6 +22,8 @@ import attrs
 from goalkit.errors import InvalidGoal
 
 __all__ = [
+    "BLANK",
+    "IDEMPOTENCY_KEY_PATTERN",
     "JSON",
     "MAX_DESCRIPTION",
     "MAX_IDEMPOTENCY_KEY",
@@ -45,9 +53,12 @@ __all__ = [
     "StepStatus",
     "Usage",
     "check_json",
+    "is_unicode",
     "new_goal_id",
     "new_workflow_id",
+    "text_pattern",
     "validate_goal_spec",
+    "validate_idempotency_key",
     "validate_plan",
 ]
 
@@ -77,6 +88,22 @@ MAX_LIMIT = 500
 MAX_IDEMPOTENCY_KEY = 255
 MAX_TOKENS = 2**53 - 1
 """The largest token budget (`max_tokens`): the largest integer JSON clients hold exactly."""
+
+BLANK = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+"""The characters stripped from both ends of text fields; a text made only of them is blank.
+
+Spelled out rather than left to ``str.strip()`` or a regex's ``\\s``: Python's whitespace
+includes ``\\x1c``–``\\x1f`` and ``\\x85``, JavaScript's (and the ECMA regexes JSON Schema
+validators use) includes ``\\ufeff`` instead, so a ``\\S`` pattern meant something different to
+the server and to an OpenAPI client. This is the union of both, used by both sides.
+"""
+
+IDEMPOTENCY_KEY_PATTERN = rf"^[!-~](?:[ -~]{{0,{MAX_IDEMPOTENCY_KEY - 2}}}[!-~])?$"
+"""An idempotency key: 1 to 255 printable ASCII characters, no space at either end (HTTP
+servers strip those from header values, so such a key could not survive a round trip)."""
 
 
 def new_goal_id() -> str:
@@ -343,6 +370,28 @@ class GoalSpec:
     max_tokens: int | None = None
 
 
+def text_pattern(max_length: int) -> str:
+    """The JSON Schema ``pattern`` of a text field of 1 to `max_length` characters once
+    `BLANK` is stripped from both ends: exactly what `validate_goal_spec` accepts.
+
+    Written with explicit character classes only, so ECMA (JSON Schema) and Python regexes
+    read it the same way.
+    """
+    if max_length < 2:
+        raise ValueError("max_length must be at least 2")
+    blank, solid = f"[{BLANK}]", f"[^{BLANK}]"
+    return f"^{blank}*{solid}(?:[\\s\\S]{{0,{max_length - 2}}}{solid})?{blank}*$"
+
+
+def is_unicode(text: str) -> bool:
+    """False for a str holding a lone surrogate (valid in JSON and Python, not in UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _int_field(name: str, value: object, low: int, high: int) -> int:
     # bool is an int subclass; True as max_steps is a client bug, not 1.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -352,14 +401,21 @@ def _int_field(name: str, value: object, low: int, high: int) -> int:
     return value
 
 
-def _text_field(name: str, value: object, max_length: int) -> str:
+def _text_field(name: str, value: object, max_length: int, what: str = "") -> str:
     if not isinstance(value, str):
-        raise InvalidGoal("must be a string", field=name)
-    text = value.strip()
+        raise InvalidGoal(f"{what}must be a string", field=name)
+    if not is_unicode(value):
+        raise InvalidGoal(
+            f"{what}must be valid Unicode text (it holds a lone surrogate)", field=name
+        )
+    text = value.strip(BLANK)
     if not text:
-        raise InvalidGoal("must not be empty", field=name)
+        raise InvalidGoal(f"{what}must not be empty or blank", field=name)
     if len(text) > max_length:
-        raise InvalidGoal(f"must be at most {max_length} characters, got {len(text)}", field=name)
+        raise InvalidGoal(
+            f"{what}must be at most {max_length} characters after stripping, got {len(text)}",
+            field=name,
+        )
     return text
 
 
@@ -376,10 +432,11 @@ def validate_goal_spec(
 ) -> GoalSpec:
     """Check every creation field and return them normalised, or raise `InvalidGoal`.
 
-    The rules: description 1–10,000 characters after stripping; model a non-empty name;
-    mode ``plan`` or ``direct``; max_steps 1–100; max_retries 0–10; at most 20 distinct tags
-    of 1–64 characters each (stripped, duplicates dropped, order kept); max_tokens None (no
-    budget) or an integer from 1 to 2**53 - 1.
+    The rules: description 1–10,000 characters, model 1–200 and owner 1–200, each counted
+    after stripping `BLANK` from both ends (and valid Unicode); mode ``plan`` or ``direct``;
+    max_steps 1–100; max_retries 0–10; at most 20 tags given, each 1–64 characters after
+    stripping (stored stripped, duplicates dropped, order kept); max_tokens None (no budget)
+    or an integer from 1 to 2**53 - 1. The error names the field and the rule.
     """
     text = _text_field("description", description, MAX_DESCRIPTION)
     model_name = _text_field("model", model, MAX_MODEL_LENGTH)
@@ -403,21 +460,35 @@ def validate_goal_spec(
 
 
 def _validate_tags(tags: object) -> tuple[str, ...]:
-    if isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
+    if isinstance(tags, (str, bytes, Mapping)) or not isinstance(tags, Iterable):
         raise InvalidGoal("must be a list of strings", field="tags")
+    given = list(tags)
+    # The count is of the tags given, duplicates included: the rule a JSON Schema
+    # ``maxItems`` states, so the OpenAPI document and the server agree on every list.
+    if len(given) > MAX_TAGS:
+        raise InvalidGoal(f"at most {MAX_TAGS} tags, got {len(given)}", field="tags")
     seen: dict[str, None] = {}
-    for i, tag in enumerate(tags):
-        if not isinstance(tag, str):
-            raise InvalidGoal(f"item {i} must be a string", field="tags")
-        clean = tag.strip()
-        if not 1 <= len(clean) <= MAX_TAG_LENGTH:
-            raise InvalidGoal(
-                f"item {i} must be 1 to {MAX_TAG_LENGTH} characters after stripping", field="tags"
-            )
-        seen[clean] = None
-    if len(seen) > MAX_TAGS:
-        raise InvalidGoal(f"at most {MAX_TAGS} tags, got {len(seen)}", field="tags")
+    for i, tag in enumerate(given):
+        seen[_text_field("tags", tag, MAX_TAG_LENGTH, what=f"item {i} ")] = None
     return tuple(seen)
+
+
+def validate_idempotency_key(key: object, *, field: str = "idempotency_key") -> str:
+    """Return `key` if it is a valid idempotency key, else raise `InvalidGoal` naming `field`.
+
+    A key is 1 to 255 printable ASCII characters with no space at either end (see
+    `IDEMPOTENCY_KEY_PATTERN`); the HTTP layer passes ``field="Idempotency-Key"``.
+    """
+    if not isinstance(key, str) or not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidGoal(
+            f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, "
+            "without a space at either end",
+            field=field,
+        )
+    return key
+
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def validate_plan(plan: object, max_steps: int) -> tuple[StepSpec, ...]:

@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from goalkit import transitions
-from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost
+from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost, StorageError
 from goalkit.models import ErrorInfo, Goal, StepSpec, Usage, new_goal_id, new_workflow_id
 from goalkit.storage import Storage
 from goalkit.storage import memory as memory_backend
@@ -119,6 +119,13 @@ class TestCreateAndGet:
             await store.create_goal(transitions.create(attrs.evolve(new_goal(), id=goal.id)))
         assert await store.get_goal(goal.id) == goal
         assert len(await store.read_events(goal.id)) == 1
+
+    async def test_create_without_event_is_a_storage_error(self, store: Storage) -> None:
+        """A creation that would store no event is refused as a StorageError and stores nothing."""
+        goal = new_goal()
+        with pytest.raises(StorageError, match="needs a transition with an event"):
+            await store.create_goal(attrs.evolve(transitions.create(goal), event=None))
+        assert await store.get_goal(goal.id) is None
 
     async def test_get_without_steps(self, store: Storage) -> None:
         """`steps=False` leaves the steps out; the default includes them in order."""

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import goalkit
 from goalkit import GoalManager, InvalidGoal
-from goalkit.models import Goal, Step
+from goalkit.models import BLANK, Goal, Step
 from goalkit.testing import QueueProvider
 
 CREATION_FIELDS = {"description", "model", "mode", "max_steps", "max_retries", "tags", "owner"}
@@ -55,12 +55,20 @@ class TestDescription:
         """Surrounding whitespace is dropped and does not count toward the limit."""
         assert (await accepted(description=text)).description == text.strip()
 
+    async def test_every_blank_is_stripped(self) -> None:
+        """Both ends lose every `BLANK` character, JavaScript's and Python's whitespace alike."""
+        goal = await accepted(description="\ufeff\x85 Write tests\x1c\u2028")
+        assert goal.description == "Write tests"
+
     @pytest.mark.parametrize(
         ("text", "rule"),
         [
             ("", "must not be empty"),
             ("   \n\t ", "must not be empty"),
             ("a" * 10_001, "at most 10000 characters"),
+            ("\x1c\x1d\x1e\x1f\x85", "must not be empty or blank"),  # Python-only blanks
+            ("\ufeff\u3000", "must not be empty or blank"),  # JavaScript-only and shared
+            ("ok \ud800", "must be valid Unicode text"),
             (None, "must be a string"),
             (42, "must be a string"),
             (b"bytes", "must be a string"),
@@ -146,10 +154,16 @@ class TestTags:
         """Repeated tags (also after stripping) are stored once, first occurrence first."""
         assert (await accepted(tags=["b", "a", "b", " a ", "c"])).tags == ("b", "a", "c")
 
-    async def test_duplicates_do_not_count_toward_the_limit(self) -> None:
-        """Twenty distinct tags given twice each are still twenty tags."""
-        tags = [f"t{i}" for i in range(20)] * 2
-        assert len((await accepted(tags=tags)).tags) == 20
+    async def test_duplicates_count_toward_the_limit(self) -> None:
+        """The limit counts the tags given, as the OpenAPI document's ``maxItems`` does."""
+        error = await rejected(tags=[f"t{i}" for i in range(11)] * 2)
+        assert error.field == "tags"
+        assert "at most 20 tags, got 22" in error.message
+
+    async def test_a_mapping_is_not_a_list_of_tags(self) -> None:
+        """A dict (JSON object) is refused rather than taken for its keys."""
+        error = await rejected(tags={"qa": 1})
+        assert (error.field, error.message) == ("tags", "tags: must be a list of strings")
 
     async def test_a_64_character_tag_is_accepted(self) -> None:
         """64 characters is the longest tag."""
@@ -163,9 +177,11 @@ class TestTags:
         ("tags", "rule"),
         [
             ([f"t{i}" for i in range(21)], "at most 20 tags, got 21"),
-            ([""], "item 0 must be 1 to 64 characters"),
-            (["ok", "   "], "item 1 must be 1 to 64 characters"),
-            (["x" * 65], "item 0 must be 1 to 64 characters"),
+            ([""], "item 0 must not be empty or blank"),
+            (["ok", "   "], "item 1 must not be empty or blank"),
+            (["x" * 65], "item 0 must be at most 64 characters after stripping, got 65"),
+            (["\x1c\ufeff"], "item 0 must not be empty or blank"),
+            (["\ud800"], "item 0 must be valid Unicode text"),
             ("qa", "must be a list of strings"),
             (42, "must be a list of strings"),
             (None, "must be a list of strings"),
@@ -215,6 +231,40 @@ class TestModeModelOwner:
         error = await rejected(owner=owner)
         assert error.field == "owner"
         assert rule in error.message
+
+
+class TestBlank:
+    """`BLANK` is exactly the union of Python's and JavaScript's (ECMA regex) whitespace."""
+
+    def test_union_of_python_and_ecma_whitespace(self) -> None:
+        """Every character either language strips is in BLANK, and nothing else is."""
+        import jsonschema_rs
+
+        not_blank = jsonschema_rs.validator_for({"type": "string", "pattern": r"\S"})
+        candidates = [chr(c) for c in range(0x3100)] + ["\ufeff"]  # all whitespace is below
+        ecma = {c for c in candidates if not not_blank.is_valid(c)}
+        python = {chr(c) for c in range(0x110000) if chr(c).isspace()}
+        assert set(BLANK) == ecma | python
+        assert len(BLANK) == len(set(BLANK))
+
+
+@pytest.mark.anyio
+class TestIdempotencyKey:
+    """An idempotency key is 1–255 printable ASCII characters, no space at either end."""
+
+    @pytest.mark.parametrize("key", ["k", "order-1 b", "x" * 255, "!~"])
+    async def test_valid_keys(self, key: str) -> None:
+        """Printable ASCII keys, inner spaces included, are accepted."""
+        async with manager_for(QueueProvider()) as manager:
+            first = await manager.create("valid", idempotency_key=key)
+            assert (await manager.create("valid", idempotency_key=key)).id == first.id
+
+    @pytest.mark.parametrize("key", ["", " padded", "padded ", "x" * 256, "tab\there", "clé", 5])
+    async def test_invalid_keys_name_the_field(self, key: object) -> None:
+        """Empty, padded, too long, control, non-ASCII and non-string keys are refused."""
+        error = await rejected(idempotency_key=key)
+        assert error.field == "idempotency_key"
+        assert "printable ASCII" in error.message
 
 
 # -- the property: any input is either refused cleanly or stored faithfully ---------------------
@@ -340,14 +390,14 @@ class TestCreationProperty:
         assert [g.id for g in portal.call(manager.by_workflow, goal.workflow_id)] == [goal.id]
         # What was stored obeys every rule, whatever was passed in.
         assert isinstance(fields["description"], str)
-        assert goal.description == fields["description"].strip()
+        assert goal.description == fields["description"].strip(BLANK)
         assert 1 <= len(goal.description) <= 10_000
         model = fields.get("model")
-        assert goal.model == ("fake" if model is None else model.strip())
+        assert goal.model == ("fake" if model is None else model.strip(BLANK))
         assert goal.mode in ("plan", "direct")
         assert type(goal.max_steps) is int and 1 <= goal.max_steps <= 100
         assert type(goal.max_retries) is int and 0 <= goal.max_retries <= 10
         assert len(goal.tags) <= 20 and len(set(goal.tags)) == len(goal.tags)
         assert all(isinstance(t, str) and 1 <= len(t) <= 64 for t in goal.tags)
-        assert goal.owner and goal.owner == goal.owner.strip()
+        assert goal.owner and goal.owner == goal.owner.strip(BLANK)
         assert (goal.status, goal.phase, goal.last_event_id) == ("active", "created", 1)

@@ -42,6 +42,7 @@ def create_app(
     max_body: int = 64 * 1024,
     sse_retry_ms: int = 3000,
     send_timeout: float | None = 60.0,
+    body_timeout: float = 10.0,
 ) -> GoalkitApp:
     """Return the HTTP API of `manager` as an ASGI 3 application.
 
@@ -62,6 +63,9 @@ def create_app(
         EventSource clients in its first ``retry:`` line.
     :param send_timeout: seconds one write to an event stream may take; a client that stops
         reading for longer is dropped (None: wait forever).
+    :param body_timeout: seconds a request body may take to arrive in full; a slower one
+        is refused with 408 ``request_timeout`` (a client trickling a body cannot hold a
+        request open).
     """
     return GoalkitApp(
         manager,
@@ -70,4 +74,5 @@ def create_app(
         max_body=max_body,
         sse_retry_ms=sse_retry_ms,
         send_timeout=send_timeout,
+        body_timeout=body_timeout,
     )

@@ -1,11 +1,15 @@
 """The ASGI application: lifespan, routing, authentication and the goal handlers.
 
-Routing is a table of path patterns to ``{method: handler}``, resolved against
-``scope["path"]`` with ``scope["root_path"]`` stripped when the path starts with it, so the
-same app works served alone and mounted at any prefix. Per request the order is: route (404),
-method (405 with ``Allow``), bearer token (401), then the handler: its own checks, the goal
-lookup (404) and ownership (403). Everything a handler raises becomes an error envelope;
-anything unexpected is logged and answered with a generic 500, never a traceback.
+Routing follows the table in `goalkit.asgi.routes` (the one the OpenAPI document is written
+from), resolved against ``scope["path"]`` with ``scope["root_path"]`` stripped when the path
+starts with it, so the same app works served alone and mounted at any prefix. Per request the
+order is: route (404, also for a goal id over 64 characters), method (405 with ``Allow``),
+bearer token (401, or 403 if the authenticate hook refuses the token), query and header
+parameters (400), then the handler: the body (408, 413, 415, 400), the goal lookup (404) and
+ownership (403). Authentication comes before any parameter check, so an anonymous caller
+learns nothing about what a request would have done. Everything a handler raises becomes an
+error envelope; anything unexpected is logged (with the request's token scrubbed) and
+answered with a generic 500, never a traceback.
 
 The app uses `GoalManager`'s public methods only: `authenticate`, `create`, `get`, `list`,
 `cancel` and `events`.
@@ -13,9 +17,10 @@ The app uses `GoalManager`'s public methods only: `authenticate`, `create`, `get
 Deliberate divergences from what a web framework would do: an unknown query parameter is a
 400 naming it, like an unknown body field (a typo such as ``?stauts=`` must not silently list
 everything), and so is a known one given twice; no CORS and no ``OPTIONS``/``HEAD`` handling (both are a 405; put the host's CORS
-middleware in front); the request body is validated here against exactly the limits the
-OpenAPI document states, before `GoalManager.create` normalises it (strips text, drops
-duplicate tags), so a body the document calls invalid is never accepted.
+middleware in front); the request body's values are checked by `GoalManager.create` itself
+(`goalkit.models.validate_goal_spec`, whose rules the OpenAPI document states exactly), this
+layer adding only what is particular to JSON: unknown and server-owned fields, ``null``, and
+``5.0`` being the integer 5.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import re
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
+from urllib.parse import quote
 
 import anyio
 
@@ -54,22 +60,9 @@ from goalkit.asgi.http import (
     send_json,
 )
 from goalkit.asgi.lifespan import Opener
-from goalkit.asgi.openapi import IDEMPOTENCY_KEY_PATTERN, LAST_EVENT_ID_PATTERN, MAX_INTEGER
+from goalkit.asgi.routes import ROUTES, Operation
 from goalkit.asgi.sse import send_event_stream
-from goalkit.models import (
-    MAX_DESCRIPTION,
-    MAX_IDEMPOTENCY_KEY,
-    MAX_LIMIT,
-    MAX_MODEL_LENGTH,
-    MAX_OWNER_LENGTH,
-    MAX_RETRIES,
-    MAX_STEPS,
-    MAX_TAG_LENGTH,
-    MAX_TAGS,
-    MAX_TOKENS,
-    MODES,
-    STATUSES,
-)
+from goalkit.auth import TOKEN_SYNTAX
 
 __all__ = ["Authenticate", "GoalkitApp"]
 
@@ -78,15 +71,9 @@ log = logging.getLogger("goalkit.asgi")
 Authenticate: TypeAlias = Callable[[str], "Principal | Awaitable[Principal | None] | None"]
 """A function from a bearer token to its principal (or None), possibly async."""
 
-Handler: TypeAlias = Callable[[Request, Send, Mapping[str, str]], Awaitable[None]]
-
-
-# RFC 6750 b64token: what may follow "Bearer ".
-_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_DIGITS = re.compile(r"[0-9]+")
-_EVENT_ID = re.compile(LAST_EVENT_ID_PATTERN)
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-_NOT_BLANK = re.compile(r"\S")
+Handler: TypeAlias = Callable[[Request, Send, Principal, Mapping[str, Any]], Awaitable[None]]
+"""An operation's handler: the request, its caller, and its path, query and header
+parameters by name, already checked (absent ones hold their default)."""
 
 FIELDS = frozenset(
     {"description", "model", "mode", "max_steps", "max_retries", "tags", "max_tokens"}
@@ -111,13 +98,13 @@ SERVER_OWNED = frozenset(
     }
 )
 
-QUERY_PARAMETERS = {
-    "_list": frozenset({"status", "tag", "limit", "offset", "owner"}),
-    "_events": frozenset({"after"}),
-}
-"""The query parameters each handler reads; any other is a 400."""
-
 _CHALLENGE = {"www-authenticate": "Bearer"}
+_TOKEN_REFUSED = "unknown or revoked token"
+"""The one answer for a token that is not accepted, whatever the reason: an authenticate
+hook's own message may quote the token, and differing answers would help a guesser."""
+_TOKEN_FORBIDDEN = "this token may not use this API"
+_SHOWN_PATH = 100
+"""The longest path repeated in a 404's message."""
 
 
 class GoalkitApp:
@@ -132,6 +119,7 @@ class GoalkitApp:
         max_body: int = 64 * 1024,
         sse_retry_ms: int = 3000,
         send_timeout: float | None = 60.0,
+        body_timeout: float = 10.0,
     ) -> None:
         if not keepalive > 0:
             raise ValueError("keepalive must be a positive number of seconds")
@@ -141,22 +129,25 @@ class GoalkitApp:
             raise ValueError("sse_retry_ms must be a non-negative integer")
         if send_timeout is not None and not send_timeout > 0:
             raise ValueError("send_timeout must be positive or None")
+        if isinstance(body_timeout, bool) or not body_timeout > 0:
+            raise ValueError("body_timeout must be a positive number of seconds")
         self.manager = manager
         self.keepalive = keepalive
         self.max_body = max_body
         self.sse_retry_ms = sse_retry_ms
         self.send_timeout = send_timeout
+        self.body_timeout = body_timeout
         self._authenticate = authenticate
         self._opener = Opener(manager)
         self._open_streams: set[anyio.CancelScope] = set()
         self._document = json_bytes(openapi.document())
-        goal_path = r"/api/v1/goals/(?P<goal_id>[^/]+)"
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-            (re.compile(r"/api/v1/goals"), {"GET": self._list, "POST": self._create}),
-            (re.compile(goal_path), {"GET": self._get, "DELETE": self._cancel}),
-            (re.compile(goal_path + "/events"), {"GET": self._events}),
-            (re.compile(r"/api/v1/openapi\.json"), {"GET": self._openapi}),
-        ]
+        self._handlers: dict[str, Handler] = {
+            "listGoals": self._list,
+            "createGoal": self._create,
+            "getGoal": self._get,
+            "cancelGoal": self._cancel,
+            "goalEvents": self._events,
+        }
 
     def drain(self) -> None:
         """End every open event stream now, e.g. when the server begins to shut down.
@@ -232,34 +223,38 @@ class GoalkitApp:
             error = exc
         except GoalkitError as exc:
             error = _from_goalkit(exc, request)
-        except Exception:
-            log.exception("unhandled error answering %s %s", request.method, request.path)
+        except Exception as exc:
+            _log_failure(f"unhandled error answering {request.method} {request.path}", exc, request)
             error = _internal()
         if started:
             return  # the status line went out already; the server ends the response
         await send_error(tracked, error)
 
     async def _dispatch(self, request: Request, send: Send) -> None:
-        for pattern, methods in self._routes:
-            match = pattern.fullmatch(request.path)
+        for route in ROUTES:
+            match = route.pattern.fullmatch(request.path)
             if match is None:
                 continue
-            handler = methods.get(request.method)
-            if handler is None:
-                allow = ", ".join(methods)
+            args = {p.name: p.kind.parse(p.name, match[p.name]) for p in route.params}
+            operation = route.operation(request.method)
+            if operation is None:
                 raise HTTPError(
                     405,
                     "method_not_allowed",
-                    f"{request.method} is not allowed here; allowed: {allow}",
-                    headers={"allow": allow},
+                    f"{request.method} is not allowed here; allowed: {route.allow}",
+                    headers={"allow": route.allow},
                 )
-            known = QUERY_PARAMETERS.get(handler.__name__, frozenset())
-            for name in request.query:
-                if name not in known:
-                    raise bad_request(name, "unknown query parameter")
-            await handler(request, send, match.groupdict())
+            if operation.public:
+                _parameters(request, operation)  # it takes none: any is a 400, as elsewhere
+                await self._openapi(request, send)
+                return
+            principal = await self._principal(request)
+            args.update(_parameters(request, operation))
+            await self._handlers[operation.operation_id](request, send, principal, args)
             return
-        raise HTTPError(404, "not_found", f"no such path: {request.path}")
+        path = request.path
+        shown = path if len(path) <= _SHOWN_PATH else path[:_SHOWN_PATH] + "…"
+        raise HTTPError(404, "not_found", f"no such path: {shown}")
 
     # -- authentication -------------------------------------------------------------------------
 
@@ -269,15 +264,16 @@ class GoalkitApp:
             raise _unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not _TOKEN.fullmatch(token):
+        if scheme.lower() != "bearer" or not TOKEN_SYNTAX.fullmatch(token):
             raise _unauthorized("the Authorization header must be 'Bearer <token>'")
-        principal = await self._resolve(token)
+        request.token = token
+        principal = await self._resolve(request, token)
         if principal is None:
-            raise _unauthorized("unknown or revoked token")
+            raise _unauthorized(_TOKEN_REFUSED)
         await self._opener.ensure_open()
         return principal
 
-    async def _resolve(self, token: str) -> Principal | None:
+    async def _resolve(self, request: Request, token: str) -> Principal | None:
         try:
             if self._authenticate is None:
                 answer: object = await self.manager.authenticate(token)
@@ -286,12 +282,18 @@ class GoalkitApp:
                 if inspect.isawaitable(answer):
                     answer = await answer
         except GoalkitError as exc:
+            # A hook refusing the token: its message may quote the token, so the answer is
+            # fixed text and the message goes to the log, scrubbed.
             if exc.status == 401:
-                raise _unauthorized(exc.message) from None
-            _log_scrubbed(exc, token)
+                log.info("a token was refused: %s", scrub(exc.message, token))
+                raise _unauthorized(_TOKEN_REFUSED) from None
+            if exc.status == 403:
+                log.info("a token was refused access: %s", scrub(exc.message, token))
+                raise HTTPError(403, Forbidden.code, _TOKEN_FORBIDDEN) from None
+            _log_failure("authenticating a request failed", exc, request)
             raise _internal() from None
         except Exception as exc:
-            _log_scrubbed(exc, token)
+            _log_failure("authenticating a request failed", exc, request)
             raise _internal() from None
         if answer is not None and not isinstance(answer, Principal):
             log.error("authenticate returned a %s, not a Principal", type(answer).__name__)
@@ -306,13 +308,13 @@ class GoalkitApp:
 
     # -- handlers ---------------------------------------------------------------------------------
 
-    async def _openapi(self, request: Request, send: Send, params: Mapping[str, str]) -> None:
+    async def _openapi(self, request: Request, send: Send) -> None:
         body = self._document
         root = request.scope.get("root_path") or ""
         if root:
             # Mounted: tell clients (schemathesis, Swagger UI) where the paths really are.
             document = openapi.document()
-            document["servers"] = [{"url": root}]
+            document["servers"] = [{"url": _url_path(root)}]
             body = json_bytes(document)
         await send(
             {
@@ -326,45 +328,36 @@ class GoalkitApp:
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _create(self, request: Request, send: Send, params: Mapping[str, str]) -> None:
-        principal = await self._principal(request)
-        _require_json(request.headers.get("content-type"))
-        data = parse_json(await request.body(self.max_body))
+    async def _create(
+        self, request: Request, send: Send, principal: Principal, params: Mapping[str, Any]
+    ) -> None:
+        _require_json(request.header("Content-Type"))
+        data = parse_json(await request.body(self.max_body, self.body_timeout))
         if not isinstance(data, dict):
             raise bad_request("body", "must be a JSON object")
         fields = goal_fields(data)
-        key = request.headers.get("idempotency-key")
-        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
-            raise bad_request(
-                "Idempotency-Key",
-                f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-            )
-        goal = await self.manager.create(**fields, owner=principal.user, idempotency_key=key)
-        location = f"{request.scope.get('root_path') or ''}/api/v1/goals/{goal.id}"
+        goal = await self.manager.create(
+            **fields, owner=principal.user, idempotency_key=params["Idempotency-Key"]
+        )
+        location = f"{_url_path(request.scope.get('root_path') or '')}/api/v1/goals/{goal.id}"
         await send_json(
             send, 201, {"ok": True, "data": goal.to_dict()}, headers={"location": location}
         )
 
-    async def _list(self, request: Request, send: Send, params: Mapping[str, str]) -> None:
-        principal = await self._principal(request)
-        query = request.query
-        status = query.get("status")
-        if status is not None and status not in STATUSES:
-            raise bad_request("status", f"must be one of {', '.join(STATUSES)}")
-        tag = query.get("tag")
-        if tag is not None and not 1 <= len(tag) <= MAX_TAG_LENGTH:
-            raise bad_request("tag", f"must be 1 to {MAX_TAG_LENGTH} characters")
-        limit = _int_param(query, "limit", 50, 1, MAX_LIMIT)
-        offset = _int_param(query, "offset", 0, 0, MAX_INTEGER)
-        owner = query.get("owner")
-        if owner is not None and not 1 <= len(owner) <= MAX_OWNER_LENGTH:
-            raise bad_request("owner", f"must be 1 to {MAX_OWNER_LENGTH} characters")
+    async def _list(
+        self, request: Request, send: Send, principal: Principal, params: Mapping[str, Any]
+    ) -> None:
+        owner = params["owner"]
         if not principal.admin:
             if owner is not None and owner != principal.user:
                 raise Forbidden("only admins may list other users' goals")
             owner = principal.user
         page = await self.manager.list(
-            owner=owner, status=status, tag=tag, limit=limit, offset=offset
+            owner=owner,
+            status=params["status"],
+            tag=params["tag"],
+            limit=params["limit"],
+            offset=params["offset"],
         )
         await send_json(
             send,
@@ -376,13 +369,15 @@ class GoalkitApp:
             },
         )
 
-    async def _get(self, request: Request, send: Send, params: Mapping[str, str]) -> None:
-        principal = await self._principal(request)
+    async def _get(
+        self, request: Request, send: Send, principal: Principal, params: Mapping[str, Any]
+    ) -> None:
         goal = await self._goal(principal, params["goal_id"])
         await send_json(send, 200, {"ok": True, "data": goal.to_dict()})
 
-    async def _cancel(self, request: Request, send: Send, params: Mapping[str, str]) -> None:
-        principal = await self._principal(request)
+    async def _cancel(
+        self, request: Request, send: Send, principal: Principal, params: Mapping[str, Any]
+    ) -> None:
         goal = await self._goal(principal, params["goal_id"])
         goal = await self.manager.cancel(goal.id)
         data = {
@@ -393,16 +388,10 @@ class GoalkitApp:
         }
         await send_json(send, 200, {"ok": True, "data": data})
 
-    async def _events(self, request: Request, send: Send, params: Mapping[str, str]) -> None:
-        principal = await self._principal(request)
-        after = _int_param(request.query, "after", 0, 0, MAX_INTEGER)
-        header = request.headers.get("last-event-id")
-        if header is not None:
-            if not _EVENT_ID.fullmatch(header):
-                raise bad_request(
-                    "Last-Event-ID", "must be a non-negative integer of at most 15 digits"
-                )
-            after = int(header)
+    async def _events(
+        self, request: Request, send: Send, principal: Principal, params: Mapping[str, Any]
+    ) -> None:
+        after = params["after"] if params["Last-Event-ID"] is None else params["Last-Event-ID"]
         goal = await self._goal(principal, params["goal_id"])
         if goal.done and after >= goal.last_event_id:
             # Nothing will ever come: 204 is what tells a browser's EventSource to stop.
@@ -452,49 +441,41 @@ def _require_json(content_type: str | None) -> None:
     )
 
 
-def _integer(name: str, text: str, low: int, high: int) -> int:
-    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
-        raise bad_request(name, f"must be an integer from {low} to {high}")
-    return int(text)
+def _parameters(request: Request, operation: Operation) -> dict[str, Any]:
+    """The operation's query and header parameters, checked; absent ones hold their default."""
+    params = {p.name: p for p in operation.params if p.where == "query"}
+    for name in request.query:
+        if name not in params:
+            raise bad_request(name, "unknown query parameter")
+    values: dict[str, Any] = {}
+    for param in operation.params:
+        if param.where == "query":
+            text = request.query.get(param.name)
+        else:
+            text = request.header(param.name)
+        values[param.name] = param.default if text is None else param.kind.parse(param.name, text)
+    return values
 
 
-def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = query.get(name)
-    return default if text is None else _integer(name, text, low, high)
+def _url_path(path: str) -> str:
+    """`path` (a decoded ``root_path``) percent-encoded for a header or URL: UTF-8, and
+    only the characters a path segment may hold left as they are."""
+    return quote(path, safe="/!$&'()*+,;=:@")
 
 
-def _unicode(name: str, value: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\\ud800") is valid JSON, not valid text
-        raise bad_request(name, "must be valid Unicode text") from None
-
-
-def _text(data: Mapping[str, Any], name: str, max_length: int) -> str:
-    value = data[name]
-    if not isinstance(value, str):
-        raise bad_request(name, "must be a string")
-    _unicode(name, value)
-    if not 1 <= len(value) <= max_length or not _NOT_BLANK.search(value):
-        raise bad_request(name, f"must be 1 to {max_length} characters, not all blank")
-    return value
-
-
-def _whole(data: Mapping[str, Any], name: str, low: int, high: int) -> int:
-    value = data[name]
-    # JSON has one number type: 5.0 is the integer 5 (as JSON Schema says), True is not.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise bad_request(name, f"must be an integer from {low} to {high}")
-    return value
+_INTEGRAL = frozenset({"max_steps", "max_retries", "max_tokens"})
 
 
 def goal_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `GoalManager.create` from a request body, or a 400.
 
-    Only the creation fields are accepted: a server-owned one (``owner``, ``status``, ``id``
-    …) or an unknown one is refused by name, so a client can never set who owns a goal.
+    Only what is particular to JSON is checked here; `GoalManager.create` checks the values
+    (`goalkit.models.validate_goal_spec`). Only the creation fields are accepted: a
+    server-owned one (``owner``, ``status``, ``id`` …) or an unknown one is refused by name,
+    so a client can never set who owns a goal. ``null`` is refused (in Python, None means
+    "the default"; in the document, these fields are not nullable), except for
+    ``max_tokens``, where it means no budget, as when the field is left out; an integral number
+    such as ``5.0`` is the integer 5, as JSON Schema counts it.
     """
     for name in data:
         if name in SERVER_OWNED:
@@ -503,35 +484,15 @@ def goal_fields(data: Mapping[str, Any]) -> dict[str, Any]:
             raise bad_request(name, "unknown field")
     if "description" not in data:
         raise bad_request("description", "is required")
-    fields: dict[str, Any] = {"description": _text(data, "description", MAX_DESCRIPTION)}
-    if "model" in data:
-        fields["model"] = _text(data, "model", MAX_MODEL_LENGTH)
-    if "mode" in data:
-        if data["mode"] not in MODES:
-            raise bad_request("mode", f"must be one of {', '.join(MODES)}")
-        fields["mode"] = data["mode"]
-    if "max_steps" in data:
-        fields["max_steps"] = _whole(data, "max_steps", 1, MAX_STEPS)
-    if "max_retries" in data:
-        fields["max_retries"] = _whole(data, "max_retries", 0, MAX_RETRIES)
-    if "tags" in data:
-        tags = data["tags"]
-        if not isinstance(tags, list) or len(tags) > MAX_TAGS:
-            raise bad_request("tags", f"must be a list of at most {MAX_TAGS} strings")
-        for i, tag in enumerate(tags):
-            if (
-                not isinstance(tag, str)
-                or not 1 <= len(tag) <= MAX_TAG_LENGTH
-                or not _NOT_BLANK.search(tag)
-            ):
-                raise bad_request(
-                    "tags",
-                    f"item {i} must be a string of 1 to {MAX_TAG_LENGTH} characters, not all blank",
-                )
-            _unicode("tags", tag)
-        fields["tags"] = tags
-    if data.get("max_tokens") is not None:  # null: no budget, as when the field is left out
-        fields["max_tokens"] = _whole(data, "max_tokens", 1, MAX_TOKENS)
+    fields: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "max_tokens" and value is None:
+            continue  # no budget
+        if value is None:
+            raise bad_request(name, "must not be null")
+        if name in _INTEGRAL and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        fields[name] = value
     return fields
 
 
@@ -549,7 +510,8 @@ def _internal() -> HTTPError:
 def _from_goalkit(exc: GoalkitError, request: Request) -> HTTPError:
     if exc.status >= 500:
         # Storage and plugin failures: their messages may name files or hosts; log, don't tell.
-        log.error("%s answering %s %s: %s", type(exc).__name__, request.method, request.path, exc)
+        message = f"{type(exc).__name__} answering {request.method} {request.path}: {exc}"
+        log.error("%s", message if request.token is None else scrub(message, request.token))
         return _internal()
     headers = _CHALLENGE if exc.status == 401 else None
     field = exc.field if isinstance(exc, InvalidGoal) else None
@@ -561,7 +523,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _log_scrubbed(exc: BaseException, token: str) -> None:
-    # An authenticate hook's exception may quote the token; it never reaches the log.
+def scrub(text: str, token: str) -> str:
+    """`text` with every copy of `token` replaced by ``<token>``: as is, and percent-encoded
+    in any mix of escaped characters and either hex case (``%2B``, ``%2b``, ``+`` as a
+    space), as URLs, form bodies and HTTP client errors quote it."""
+    parts = []
+    for char in token:
+        options = [re.escape(char), f"%(?i:{ord(char):02x})"]
+        if char == "+":
+            options.append(" ")
+        parts.append(f"(?:{'|'.join(options)})")
+    return re.sub("".join(parts), "<token>", text)
+
+
+def _log_failure(message: str, exc: BaseException, request: Request) -> None:
+    # An exception may quote the request's token (an authenticate hook's, above all); the
+    # traceback is formatted here so that it can be scrubbed before it reaches any handler.
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    log.error("authenticating a request failed:\n%s", text.replace(token, "<token>"))
+    if request.token is not None:
+        text = scrub(text, request.token)
+        message = scrub(message, request.token)
+    log.error("%s\n%s", message, text.rstrip())

@@ -5,21 +5,27 @@ through) and `send_error` turns it into the error envelope
 ``{"ok": false, "error": {"code": …, "message": …}}``; `send_json` wraps success data in
 ``{"ok": true, "data": …}``.
 
-Deliberate divergences from a framework's request object: the body is read at most once, and
+Deliberate divergences from a framework's request object: the body is read at most once,
 never past the limit (a chunked upload is refused as soon as it passes `max_body`, without
-reading the rest); query values are decoded strictly as UTF-8 (a bad byte is a 400, not a
-replacement character); a query parameter given twice is a 400 rather than "last one wins".
+reading the rest) and within a deadline (a client that trickles its body gets a 408); query
+values are decoded strictly as UTF-8 (a bad byte is a 400, not a replacement character); a
+query parameter given twice is a 400 rather than "last one wins", and so is a single-valued
+header (`Request.header`) sent twice.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl
 
+import anyio
+
 __all__ = [
+    "DIGITS",
     "ASGIApp",
     "ClientDisconnected",
     "HTTPError",
@@ -41,7 +47,8 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE = b"application/json"
-_DIGITS = re.compile(r"[0-9]+")
+DIGITS = re.compile(r"[0-9]+")
+"""ASCII digits only: ``int()`` alone would also take ``"١٢"``, ``" 5"`` or ``"+5"``."""
 
 
 class HTTPError(Exception):
@@ -82,7 +89,10 @@ class Request:
         self.method: str = scope["method"]
         self.path = path
         self._headers: dict[str, str] | None = None
+        self._repeated: set[str] = set()
         self._query: dict[str, str] | None = None
+        self.token: str | None = None
+        """The bearer token, once read: kept only to scrub it from log lines."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -92,9 +102,19 @@ class Request:
             for raw_name, raw_value in self.scope.get("headers", ()):
                 name = raw_name.decode("latin-1").lower()
                 value = raw_value.decode("latin-1")
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+                if name in headers:
+                    self._repeated.add(name)
+                    value = f"{headers[name]}, {value}"
+                headers[name] = value
             self._headers = headers
         return self._headers
+
+    def header(self, name: str) -> str | None:
+        """The value of a header that may be sent once; a 400 naming it if sent twice."""
+        value = self.headers.get(name.lower())
+        if name.lower() in self._repeated:
+            raise bad_request(name, "given more than once")
+        return value
 
     @property
     def query(self) -> dict[str, str]:
@@ -116,46 +136,65 @@ class Request:
             self._query = query
         return self._query
 
-    async def body(self, limit: int) -> bytes:
-        """The whole body, refused with a 413 as soon as it is known to exceed `limit` bytes.
+    async def body(self, limit: int, time_limit: float = math.inf) -> bytes:
+        """The whole body, refused with a 413 as soon as it is known to exceed `limit` bytes,
+        and with a 408 if it has not all arrived within `time_limit` seconds.
 
         A declared ``Content-Length`` over the limit is refused before reading anything; a
         body without one (chunked) is read chunk by chunk and abandoned at the first chunk
         that takes it past the limit.
         """
-        declared = self.headers.get("content-length")
+        declared = self.header("content-length")
         if declared is not None:
             declared = declared.strip()
-            if not _DIGITS.fullmatch(declared):
+            if len(declared) > 20 or not DIGITS.fullmatch(declared):
                 raise bad_request("Content-Length", "must be a non-negative integer")
             if int(declared) > limit:
-                raise too_large(limit)
+                raise self._unread(
+                    413, "payload_too_large", f"the request body exceeds {limit} bytes"
+                )
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
-            if message["type"] != "http.request":
-                continue
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            with anyio.fail_after(time_limit):
+                while True:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnected
+                    if message["type"] != "http.request":
+                        continue
+                    chunk: bytes = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._unread(
+                            413, "payload_too_large", f"the request body exceeds {limit} bytes"
+                        )
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise self._unread(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {time_limit:g} seconds; "
+                f"{size} bytes came in time",
+            ) from None
 
+    def _unread(self, status: int, code: str, message: str) -> HTTPError:
+        """An error answered while part of the body is still unread.
 
-def too_large(limit: int) -> HTTPError:
-    # The unread rest of the body is the server's to discard; asking it to close the
-    # connection keeps a client from streaming megabytes into a dead request.
-    return HTTPError(
-        413,
-        "payload_too_large",
-        f"the request body exceeds {limit} bytes",
-        headers={"connection": "close"},
-    )
+        Over HTTP/1.x the rest would follow the answer on the same connection, and servers
+        such as uvicorn keep reading (and discarding) it to reuse the connection: a client
+        could stream 100 MB into a refused request. ``Connection: close`` makes the server
+        close instead. HTTP/2 and later forbid the header (RFC 9113 §8.2.2) and cancel just
+        the stream, so it is sent only over HTTP/1.x.
+        """
+        headers = (
+            {"connection": "close"}
+            if self.scope.get("http_version", "1.1") in ("1.0", "1.1")
+            else {}
+        )
+        return HTTPError(status, code, message, headers=headers)
 
 
 def _no_constant(name: str) -> Any:

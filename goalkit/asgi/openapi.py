@@ -1,8 +1,11 @@
 """The OpenAPI 3.1 document of the HTTP API, built from data.
 
-The limits in it are the ones `goalkit.models` enforces and the ASGI layer checks, imported
-rather than restated, so the document cannot drift from the code; `tests/test_openapi.py`
-runs schemathesis over it against the app.
+Nothing in it is restated: the paths and their parameters come from the route table the
+router uses (`goalkit.asgi.routes`), and the body's limits from `goalkit.models`, text fields
+through `text_pattern` (the exact rule `validate_goal_spec` applies, blank characters
+included), so the document cannot drift from the code; `tests/test_openapi.py` runs
+schemathesis over it against the app and checks that the document and the server agree on
+every body.
 """
 
 from __future__ import annotations
@@ -10,12 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import goalkit
+from goalkit.asgi.routes import ROUTES, Param
 from goalkit.models import (
     MAX_DESCRIPTION,
-    MAX_IDEMPOTENCY_KEY,
-    MAX_LIMIT,
     MAX_MODEL_LENGTH,
-    MAX_OWNER_LENGTH,
     MAX_RETRIES,
     MAX_STEPS,
     MAX_TAG_LENGTH,
@@ -25,16 +26,11 @@ from goalkit.models import (
     STATUSES,
     STEP_DELTA,
     TERMINAL_EVENTS,
+    text_pattern,
 )
 
 __all__ = ["document"]
 
-MAX_INTEGER = 2**53 - 1
-"""The largest offset or event id accepted: the largest integer JSON clients (JavaScript)
-hold exactly, and far inside what storage backends can bind (`MAX_TOKENS` is the same)."""
-LAST_EVENT_ID_PATTERN = "^[0-9]{1,15}$"  # 15 digits stay below MAX_INTEGER
-# Printable ASCII without surrounding spaces (servers strip those from header values).
-IDEMPOTENCY_KEY_PATTERN = rf"^[!-~](?:[ -~]{{0,{MAX_IDEMPOTENCY_KEY - 2}}}[!-~])?$"
 STEP_STATUSES = ["pending", "running", "completed", "failed", "cancelled"]
 PHASES = ["created", "decomposing", "running", "completed", "failed", "cancelled"]
 EVENT_TYPES = [
@@ -55,6 +51,7 @@ GOAL_ERROR_CODES = [
     "invalid_plan",
     "provider_unavailable",
     "budget_exceeded",
+    "crash_loop",
 ]
 """The `error.code` values of a failed goal or step attempt (docs/concepts.md explains each)."""
 
@@ -69,7 +66,19 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 _INT = {"type": "integer"}
 _TIME = {"type": ["integer", "null"], "description": "Unix seconds"}
-_TEXT = {"pattern": r"\S"}  # not all blank: text is stripped before it is stored
+
+
+def _text(max_length: int, description: str, example: str) -> dict[str, Any]:
+    # No maxLength: the limit counts characters after stripping, which only the pattern says.
+    # The example also spares generators (schemathesis) from solving the pattern for a value.
+    return {
+        "type": "string",
+        "minLength": 1,
+        "pattern": text_pattern(max_length),
+        "examples": [example],
+        "description": f"{description} 1 to {max_length:,} characters once blank characters "
+        "are stripped from both ends (it is stored stripped).",
+    }
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -95,7 +104,8 @@ _ERRORS: dict[str, dict[str, Any]] = {
         },
     ),
     "403": _error("The goal belongs to another user (and you are not an admin)."),
-    "404": _error("No goal has this id."),
+    "404": _error("No goal has this id (or the id is over 64 characters)."),
+    "408": _error("The request body did not arrive in time (10 s by default)."),
     "409": _error("The goal's state (or an earlier request) forbids this."),
     "413": _error("The request body exceeds the server's limit (64 KiB by default)."),
     "415": _error("The request body is not `application/json`."),
@@ -112,41 +122,24 @@ def _envelope(data: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"type": "object", "required": list(properties), "properties": properties}
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _parameter(param: Param) -> dict[str, Any]:
     return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
+        "name": param.name,
+        "in": param.where,
+        "required": param.where == "path",
+        "schema": param.kind.schema(),
+        "description": param.description,
     }
-
-
-_GOAL_ID = {
-    "name": "goal_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "minLength": 1},
-    "description": "The goal's id (`goal-…`).",
-}
 
 
 def _schemas() -> dict[str, Any]:
     create_properties: dict[str, Any] = {
-        "description": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_DESCRIPTION,
-            **_TEXT,
-            "description": "What the goal should achieve.",
-        },
-        "model": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_MODEL_LENGTH,
-            **_TEXT,
-            "description": "Model name; a provider plugin must serve it. Default: the server's.",
-        },
+        "description": _text(MAX_DESCRIPTION, "What the goal should achieve:", "Write unit tests"),
+        "model": _text(
+            MAX_MODEL_LENGTH,
+            "Model name; a provider plugin must serve it. Default: the server's.",
+            "scripted",
+        ),
         "mode": {"type": "string", "enum": list(MODES), "default": "plan"},
         "max_steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS, "default": 10},
         "max_retries": {
@@ -158,8 +151,9 @@ def _schemas() -> dict[str, Any]:
         "tags": {
             "type": "array",
             "maxItems": MAX_TAGS,
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH, **_TEXT},
-            "description": "Labels; stripped, duplicates dropped.",
+            "items": _text(MAX_TAG_LENGTH, "A label:", "qa"),
+            "description": f"Labels, at most {MAX_TAGS} given; stored stripped, duplicates "
+            "dropped.",
         },
     }
     create_properties["max_tokens"] = {
@@ -301,6 +295,7 @@ def _schemas() -> dict[str, Any]:
                                 "conflict",
                                 "method_not_allowed",
                                 "payload_too_large",
+                                "request_timeout",
                                 "unsupported_media_type",
                                 "internal_error",
                             ],
@@ -325,164 +320,114 @@ def _json(schema: str, description: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _paths() -> dict[str, Any]:
+def _operations() -> dict[str, dict[str, Any]]:
+    """What the document says of each operation beyond its parameters, by operationId."""
     by_id = {"goal_id": "$response.body#/data/id"}
     return {
-        "/api/v1/goals": {
-            "post": {
-                "operationId": "createGoal",
-                "summary": "Create a goal (owned by the caller) and start it",
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_IDEMPOTENCY_KEY,
-                            "pattern": IDEMPOTENCY_KEY_PATTERN,
-                        },
-                        "description": "Repeating a key (same user) returns the goal it "
-                        "created; the same key with another body is a 409.",
-                    }
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("GoalCreate")}},
-                },
-                "responses": {
-                    "201": _json(
-                        "GoalResponse",
-                        "The goal (also for a repeated Idempotency-Key).",
-                        headers={
-                            "Location": {
-                                "required": True,
-                                "schema": {"type": "string"},
-                                "description": "The goal's URL.",
-                            }
-                        },
-                        links={
-                            "GetGoal": {"operationId": "getGoal", "parameters": by_id},
-                            "CancelGoal": {"operationId": "cancelGoal", "parameters": by_id},
-                            "GoalEvents": {"operationId": "goalEvents", "parameters": by_id},
-                        },
-                    ),
-                    **_errors("400", "401", "409", "413", "415"),
-                },
+        "createGoal": {
+            "summary": "Create a goal (owned by the caller) and start it",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("GoalCreate")}},
             },
-            "get": {
-                "operationId": "listGoals",
-                "summary": "List goals, newest first (non-admins: their own)",
-                "parameters": [
-                    _query(
-                        "status", {"type": "string", "enum": list(STATUSES)}, "Only this status."
-                    ),
-                    _query(
-                        "tag",
-                        {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH},
-                        "Only goals with this tag.",
-                    ),
-                    _query(
-                        "limit",
-                        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
-                        "Page size.",
-                    ),
-                    _query(
-                        "offset",
-                        {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER, "default": 0},
-                        "Goals to skip.",
-                    ),
-                    _query(
-                        "owner",
-                        {"type": "string", "minLength": 1, "maxLength": MAX_OWNER_LENGTH},
-                        "Admins only: only this user's goals (others: 403 unless their own).",
-                    ),
-                ],
-                "responses": {
-                    "200": _json("GoalList", "A page of goals and its `meta`."),
-                    **_errors("400", "401", "403"),
-                },
-            },
-        },
-        "/api/v1/goals/{goal_id}": {
-            "parameters": [_GOAL_ID],
-            "get": {
-                "operationId": "getGoal",
-                "summary": "The goal in full: steps, their status, attempts, results and errors",
-                "responses": {
-                    "200": _json("GoalResponse", "The goal with its steps."),
-                    **_errors("401", "403", "404"),
-                },
-            },
-            "delete": {
-                "operationId": "cancelGoal",
-                "summary": "Cancel the goal: stops its workflow and any in-flight step",
-                "responses": {
-                    "200": _json("CancelResponse", "The goal was cancelled."),
-                    **_errors("401", "403", "404", "409"),
-                },
-            },
-        },
-        "/api/v1/goals/{goal_id}/events": {
-            "parameters": [_GOAL_ID],
-            "get": {
-                "operationId": "goalEvents",
-                "summary": "The goal's events as server-sent events: replay, then live",
-                "description": "Each event is `id: N`, `event: TYPE`, `data: <Event JSON>`. "
-                "The stream starts with a `retry:` line, sends `: keep-alive` comments while "
-                "idle and ends after the terminal event. `Last-Event-ID` wins over `after`. "
-                "A server whose manager has `live_output` on also sends `goal.step_delta` "
-                "messages (streamed text) without an `id:` line; they are never replayed.",
-                "parameters": [
-                    _query(
-                        "after",
-                        {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER, "default": 0},
-                        "Replay the events numbered above this.",
-                    ),
-                    {
-                        "name": "Last-Event-ID",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "pattern": LAST_EVENT_ID_PATTERN},
-                        "description": "The last event id seen (sent by EventSource on reconnect).",
+            "responses": {
+                "201": _json(
+                    "GoalResponse",
+                    "The goal (also for a repeated Idempotency-Key).",
+                    headers={
+                        "Location": {
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "The goal's URL (percent-encoded).",
+                        }
                     },
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The event stream.",
-                        "headers": {
-                            "Cache-Control": {"schema": {"const": "no-cache"}},
-                            "X-Accel-Buffering": {"schema": {"const": "no"}},
-                        },
-                        "content": {
-                            "text/event-stream": {
-                                "schema": {
-                                    "type": "string",
-                                    "description": "Messages whose `data:` is an `Event`.",
-                                },
-                            }
-                        },
+                    links={
+                        "GetGoal": {"operationId": "getGoal", "parameters": by_id},
+                        "CancelGoal": {"operationId": "cancelGoal", "parameters": by_id},
+                        "GoalEvents": {"operationId": "goalEvents", "parameters": by_id},
                     },
-                    "204": {"description": "The goal has ended and nothing is after that id."},
-                    **_errors("400", "401", "403", "404"),
-                },
+                ),
+                **_errors("400", "401", "403", "408", "409", "413", "415"),
             },
         },
-        "/api/v1/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "summary": "This document",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "The OpenAPI 3.1 document.",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
+        "listGoals": {
+            "summary": "List goals, newest first (non-admins: their own)",
+            "responses": {
+                "200": _json("GoalList", "A page of goals and its `meta`."),
+                **_errors("400", "401", "403"),
+            },
+        },
+        "getGoal": {
+            "summary": "The goal in full: steps, their status, attempts, results and errors",
+            "responses": {
+                "200": _json("GoalResponse", "The goal with its steps."),
+                **_errors("401", "403", "404"),
+            },
+        },
+        "cancelGoal": {
+            "summary": "Cancel the goal: stops its workflow and any in-flight step",
+            "responses": {
+                "200": _json("CancelResponse", "The goal was cancelled."),
+                **_errors("401", "403", "404", "409"),
+            },
+        },
+        "goalEvents": {
+            "summary": "The goal's events as server-sent events: replay, then live",
+            "description": "Each event is `id: N`, `event: TYPE`, `data: <Event JSON>`. "
+            "The stream starts with a `retry:` line, sends `: keep-alive` comments while "
+            "idle and ends after the terminal event. `Last-Event-ID` wins over `after`. "
+            "A server whose manager has `live_output` on also sends `goal.step_delta` "
+            "messages (streamed text) without an `id:` line; they are never replayed.",
+            "responses": {
+                "200": {
+                    "description": "The event stream.",
+                    "headers": {
+                        "Cache-Control": {"schema": {"const": "no-cache"}},
+                        "X-Accel-Buffering": {"schema": {"const": "no"}},
+                    },
+                    "content": {
+                        "text/event-stream": {
+                            "schema": {
+                                "type": "string",
+                                "description": "Messages whose `data:` is an `Event`.",
+                            },
+                        }
+                    },
                 },
-            }
+                "204": {"description": "The goal has ended and nothing is after that id."},
+                **_errors("400", "401", "403", "404"),
+            },
+        },
+        "openapi": {
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI 3.1 document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
         },
     }
+
+
+def _paths() -> dict[str, Any]:
+    """The paths, from the router's own table (`goalkit.asgi.routes.ROUTES`)."""
+    operations = _operations()
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        item: dict[str, Any] = {}
+        if route.params:
+            item["parameters"] = [_parameter(param) for param in route.params]
+        for operation in route.operations:
+            entry: dict[str, Any] = {"operationId": operation.operation_id}
+            entry.update(operations[operation.operation_id])
+            if operation.params:
+                entry["parameters"] = [_parameter(param) for param in operation.params]
+            if operation.public:
+                entry["security"] = []
+            item[operation.method.lower()] = entry
+        paths[route.path] = item
+    return paths
 
 
 def document() -> dict[str, Any]:

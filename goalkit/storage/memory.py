@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost
+from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost, StorageError
 from goalkit.hookspecs import hookimpl
 from goalkit.models import Event, Goal, Page, Status, Step
 from goalkit.storage import KEY_REUSED, Storage
@@ -80,7 +80,7 @@ class MemoryStorage:
     ) -> Event:
         goal = transition.goal
         if transition.event is None:
-            raise ValueError("create_goal needs a transition with an event (transitions.create)")
+            raise StorageError("create_goal needs a transition with an event (transitions.create)")
         if goal.id in self._goals:
             raise GoalConflict(f"goal {goal.id!r} already exists")
         if idempotency_key is not None:
