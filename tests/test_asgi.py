@@ -16,6 +16,7 @@ from asgi_helpers import (
     BOB,
     ROOT,
     HeldProvider,
+    SlowSink,
     app_for,
     client,
     drive,
@@ -833,6 +834,45 @@ class TestMounting:
         # It would stay open until the event loop ends; the app can close it sooner.
         await app.close()
         assert not manager.is_open
+
+    @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+    async def test_closing_a_manager_opened_on_request_drains_its_sinks(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """`app.close()` leaves the manager in the task and scope that entered it."""
+        sink = SlowSink()
+        manager = make_manager(sink)
+        app = goalkit.asgi.create_app(manager)
+        async with client(app) as http:
+            created = await http.post("/api/v1/goals", json={"description": "x"}, headers=ALICE)
+            goal = await manager.wait(created.json()["data"]["id"], timeout=5)
+        with caplog.at_level(logging.ERROR):
+            await app.close()  # raises what leaving the manager raised
+        assert not manager.is_open
+        assert [record.getMessage() for record in caplog.records] == []
+        assert sink.seen == [(goal.id, n) for n in range(1, goal.last_event_id + 1)]
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_a_manager_opened_on_request_is_left_when_the_event_loop_ends(
+        self, backend: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Nobody closes it: the loop's end leaves it without an error (trio: sinks drained)."""
+        sink = SlowSink()
+        manager = make_manager(sink)
+        app = goalkit.asgi.create_app(manager)
+
+        async def serve() -> int:
+            async with client(app) as http:
+                created = await http.post("/api/v1/goals", json={"description": "x"}, headers=ALICE)
+                goal = await manager.wait(created.json()["data"]["id"], timeout=5)
+            return goal.last_event_id
+
+        with caplog.at_level(logging.ERROR):
+            last = anyio.run(serve, backend=backend)
+        assert [record.getMessage() for record in caplog.records] == []
+        assert not manager.is_open
+        if backend == "trio":  # asyncio cancels every task at once: see docs/mounting.md
+            assert [n for _, n in sink.seen] == list(range(1, last + 1))
 
 
 async def _exercise_host(host: Any, manager: GoalManager) -> None:

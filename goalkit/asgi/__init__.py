@@ -47,8 +47,8 @@ def create_app(
 
     Served alone, the app opens and closes the manager through the ASGI lifespan. Mounted in
     a host (which does not forward lifespan), give the host ``lifespan=lifespan(manager)``;
-    failing that, the first request opens the manager and it stays open until the event loop
-    ends.
+    failing that, the first request opens the manager and it stays open until
+    ``await app.close()`` or the end of the event loop (see docs/mounting.md).
 
     :param manager: the `GoalManager` to serve; the app uses its public methods only.
     :param authenticate: resolves a bearer token to a `goalkit.Principal` or None (unknown

@@ -171,7 +171,9 @@ class GoalkitApp:
     async def close(self) -> None:
         """Leave the manager if the app opened it on a first request (else do nothing).
 
-        Only needed to stop such a manager before the event loop ends, e.g. in a test.
+        A host that gives no `lifespan` awaits this in its shutdown, so that the manager is
+        left cleanly (event sinks drained) before the event loop ends; raises what leaving
+        the manager raised.
         """
         await self._opener.close()
 
