@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol, TextIO
 
@@ -241,12 +241,6 @@ def _serve(args: argparse.Namespace) -> int:
     if token is not None:
         print(f"goalkit serve: admin token (shown once): {token}", file=sys.stderr, flush=True)
     app = create_app(manager)
-
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets: Any = None) -> None:
-            app.drain()  # open event streams would hold the shutdown for its whole grace
-            await super().shutdown(sockets)
-
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -257,15 +251,39 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
         server_header=False,
     )
-    server = Server(config)
+    server = uvicorn.Server(config)
     try:
         with _quiet_exit_signals():
-            server.run()
+            anyio.run(_serve_until_stopped, server, app.drain, backend="asyncio")
     except SystemExit as exc:  # uvicorn exits when the lifespan or the socket fails
         if exc.code not in (0, None):
             _error("serve", "the server did not start (see the log above)")
             return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+async def _serve_until_stopped(server: Any, drain: Callable[[], None]) -> None:
+    """Run `server` (a ``uvicorn.Server``) and `drain` the app as soon as it begins to stop.
+
+    uvicorn tells an application nothing when it starts shutting down: the lifespan's
+    shutdown comes only after every open response has ended, which an event stream never
+    does by itself, so streams would hold the shutdown for its whole grace period. The
+    narrowest hook that overrides nothing is ``Server.should_exit``, the flag uvicorn's own
+    signal handler sets and its main loop polls every 0.1 s; it is watched here at the same
+    pace, next to ``Server.serve()``, uvicorn's entry point for running in an event loop of
+    one's own.
+    """
+
+    async def drain_when_stopping() -> None:
+        # A plain flag, set from a signal handler: there is no event to wait on instead.
+        while not server.should_exit:  # noqa: ASYNC110
+            await anyio.sleep(0.1)
+        drain()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(drain_when_stopping)
+        await server.serve()
+        tasks.cancel_scope.cancel()
 
 
 def _is_loopback(host: str) -> bool:

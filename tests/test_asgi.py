@@ -616,6 +616,18 @@ class TestEvents:
             response = await http.get(url + suffix, headers=ALICE | headers)
             assert response.status_code == 204
             assert response.content == b""
+            assert response.headers["cache-control"] == "no-store"
+
+    async def test_an_empty_last_event_id_is_no_id(
+        self, http: httpx.AsyncClient, manager: GoalManager
+    ) -> None:
+        goal = await finished(http, manager)
+        url = f"/api/v1/goals/{goal['id']}/events"
+        full = events_of((await http.get(url, headers=ALICE)).text)
+        for query in ("", "?after=2"):
+            response = await http.get(url + query, headers=ALICE | {"Last-Event-ID": ""})
+            assert response.status_code == 200, response.text
+            assert events_of(response.text) == full[2 if query else 0 :]
 
     @pytest.mark.parametrize(
         ("query", "headers", "field"),
@@ -746,6 +758,131 @@ class TestEvents:
         with anyio.fail_after(5):
             await app(scope, receive, send)
         assert manager._bus.subscriptions == 0
+
+
+class Listener:
+    """One event stream called through raw ASGI, so a test can see it open and end."""
+
+    def __init__(self, app: goalkit.asgi.GoalkitApp, goal_id: str, token: str) -> None:
+        self.app = app
+        self.sent: list[dict[str, Any]] = []
+        self.opened = anyio.Event()  # the first body chunk (the retry line) went out
+        self.gone = anyio.Event()  # set it to make the client disconnect
+        self.done = anyio.Event()  # the app returned
+        self.scope = {
+            "type": "http",
+            "method": "GET",
+            "path": f"/api/v1/goals/{goal_id}/events",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+        }
+
+    async def run(self) -> None:
+        async def receive() -> dict[str, Any]:
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            self.sent.append(message)
+            if message["type"] == "http.response.body":
+                self.opened.set()
+
+        try:
+            await self.app(self.scope, receive, send)
+        finally:
+            self.opened.set()  # also when it was refused
+            self.done.set()
+
+    @property
+    def status(self) -> int:
+        status: int = self.sent[0]["status"]
+        return status
+
+    @property
+    def ended_cleanly(self) -> bool:
+        last = self.sent[-1]
+        return last["type"] == "http.response.body" and last.get("more_body") is False
+
+
+class TestStreamLimits:
+    """Draining ends streams cleanly and refuses new ones; each user has a cap on streams."""
+
+    async def test_drain_ends_open_streams_with_a_final_body(
+        self, manager: GoalManager, app: goalkit.asgi.GoalkitApp, provider: HeldProvider
+    ) -> None:
+        async with client(app) as http:
+            goal = await create(http, model="held")
+            finished_goal = await finished(http, manager)
+        listeners = [Listener(app, goal["id"], "alice-token") for _ in range(3)]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for listener in listeners:
+                    tg.start_soon(listener.run)
+                    await listener.opened.wait()
+                app.drain()
+        for listener in listeners:
+            assert listener.status == 200
+            assert listener.ended_cleanly
+        assert manager._bus.subscriptions == 0
+        async with client(app) as http:
+            refused = await http.get(f"/api/v1/goals/{goal['id']}/events", headers=ALICE)
+            assert_error(refused, 503, "unavailable")
+            assert refused.headers["retry-after"] == "3"
+            # A finished goal's reconnect is still told to stop.
+            path = f"/api/v1/goals/{finished_goal['id']}/events"
+            ended = await http.get(path, headers=ALICE | {"Last-Event-ID": "999"})
+            assert ended.status_code == 204
+        provider.release(goal["id"])
+
+    async def test_a_user_may_hold_a_limited_number_of_streams(
+        self, manager: GoalManager, provider: HeldProvider
+    ) -> None:
+        app = app_for(manager, max_streams_per_user=2, sse_retry_ms=7500)
+        async with client(app) as http:
+            goal = await create(http, model="held")
+        held = [Listener(app, goal["id"], "alice-token") for _ in range(2)]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for listener in held:
+                    tg.start_soon(listener.run)
+                    await listener.opened.wait()
+                async with client(app) as http:
+                    refused = await http.get(f"/api/v1/goals/{goal['id']}/events", headers=ALICE)
+                    assert_error(refused, 429, "limit_exceeded")
+                    assert refused.headers["retry-after"] == "8"
+                    assert "at most 2 event streams" in refused.json()["error"]["message"]
+                # Another user's streams are counted apart.
+                other = Listener(app, goal["id"], "root-token")
+                tg.start_soon(other.run)
+                await other.opened.wait()
+                assert other.status == 200
+                # A stream that ends gives its place back.
+                held[0].gone.set()
+                await held[0].done.wait()
+                again = Listener(app, goal["id"], "alice-token")
+                tg.start_soon(again.run)
+                await again.opened.wait()
+                provider.release(goal["id"])
+        assert all(x.status == 200 and x.ended_cleanly for x in [held[1], other, again])
+
+    async def test_no_cap_with_none(self, manager: GoalManager, provider: HeldProvider) -> None:
+        app = app_for(manager, max_streams_per_user=None)
+        async with client(app) as http:
+            goal = await create(http, model="held")
+        listeners = [Listener(app, goal["id"], "alice-token") for _ in range(12)]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for listener in listeners:
+                    tg.start_soon(listener.run)
+                    await listener.opened.wait()
+                provider.release(goal["id"])
+        assert {listener.status for listener in listeners} == {200}
+
+    @pytest.mark.parametrize("value", [0, -1, 1.5, True])
+    async def test_bad_cap_is_refused(self, manager: GoalManager, value: Any) -> None:
+        with pytest.raises(ValueError, match="max_streams_per_user"):
+            app_for(manager, max_streams_per_user=value)
 
 
 def _task_count() -> int:

@@ -50,7 +50,7 @@ class TestDocument:
     def test_errors_per_operation(self) -> None:
         paths = DOCUMENT["paths"]
         expected = {
-            ("post", "/api/v1/goals"): {"201", "400", "401", "409", "413", "415", "500"},
+            ("post", "/api/v1/goals"): {"201", "400", "401", "409", "413", "415", "429", "500"},
             ("get", "/api/v1/goals"): {"200", "400", "401", "403", "500"},
             ("get", "/api/v1/goals/{goal_id}"): {"200", "401", "403", "404", "500"},
             ("delete", "/api/v1/goals/{goal_id}"): {"200", "401", "403", "404", "409", "500"},
@@ -61,7 +61,9 @@ class TestDocument:
                 "401",
                 "403",
                 "404",
+                "429",
                 "500",
+                "503",
             },
         }
         for (method, path), statuses in expected.items():

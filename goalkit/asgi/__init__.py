@@ -42,6 +42,7 @@ def create_app(
     max_body: int = 64 * 1024,
     sse_retry_ms: int = 3000,
     send_timeout: float | None = 60.0,
+    max_streams_per_user: int | None = 10,
 ) -> GoalkitApp:
     """Return the HTTP API of `manager` as an ASGI 3 application.
 
@@ -62,6 +63,8 @@ def create_app(
         EventSource clients in its first ``retry:`` line.
     :param send_timeout: seconds one write to an event stream may take; a client that stops
         reading for longer is dropped (None: wait forever).
+    :param max_streams_per_user: how many event streams one user may hold open at once;
+        one more is refused with 429 and ``Retry-After`` (None: no cap).
     """
     return GoalkitApp(
         manager,
@@ -70,4 +73,5 @@ def create_app(
         max_body=max_body,
         sse_retry_ms=sse_retry_ms,
         send_timeout=send_timeout,
+        max_streams_per_user=max_streams_per_user,
     )

@@ -27,14 +27,13 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
-import anyio
-
 from goalkit import (
     Forbidden,
     Goal,
     GoalkitError,
     GoalManager,
     InvalidGoal,
+    LimitExceeded,
     NotAuthenticated,
     Principal,
 )
@@ -55,7 +54,7 @@ from goalkit.asgi.http import (
 )
 from goalkit.asgi.lifespan import Opener
 from goalkit.asgi.openapi import IDEMPOTENCY_KEY_PATTERN, LAST_EVENT_ID_PATTERN, MAX_INTEGER
-from goalkit.asgi.sse import send_event_stream
+from goalkit.asgi.sse import OpenStreams, send_event_stream
 from goalkit.models import (
     MAX_DESCRIPTION,
     MAX_IDEMPOTENCY_KEY,
@@ -131,6 +130,7 @@ class GoalkitApp:
         max_body: int = 64 * 1024,
         sse_retry_ms: int = 3000,
         send_timeout: float | None = 60.0,
+        max_streams_per_user: int | None = 10,
     ) -> None:
         if not keepalive > 0:
             raise ValueError("keepalive must be a positive number of seconds")
@@ -140,6 +140,12 @@ class GoalkitApp:
             raise ValueError("sse_retry_ms must be a non-negative integer")
         if send_timeout is not None and not send_timeout > 0:
             raise ValueError("send_timeout must be positive or None")
+        if max_streams_per_user is not None and (
+            isinstance(max_streams_per_user, bool)
+            or not isinstance(max_streams_per_user, int)
+            or max_streams_per_user < 1
+        ):
+            raise ValueError("max_streams_per_user must be a positive integer or None")
         self.manager = manager
         self.keepalive = keepalive
         self.max_body = max_body
@@ -149,7 +155,10 @@ class GoalkitApp:
         self._opener = Opener(manager)
         # Token budgets reach the manager only once it takes them (SPEC §4 lists the field).
         self.budgets = "max_tokens" in inspect.signature(manager.create).parameters
-        self._open_streams: set[anyio.CancelScope] = set()
+        # Refused streams (429, 503) are told to come back after the SSE reconnection delay.
+        self._streams = OpenStreams(
+            max_per_user=max_streams_per_user, retry_after=max(1, -(-sse_retry_ms // 1000))
+        )
         self._document = json_bytes(openapi.document(budgets=self.budgets))
         goal_path = r"/api/v1/goals/(?P<goal_id>[^/]+)"
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
@@ -163,10 +172,11 @@ class GoalkitApp:
         """End every open event stream now, e.g. when the server begins to shut down.
 
         Servers wait for open responses before they stop; an SSE response would otherwise
-        hold the shutdown for its whole grace period. Clients reconnect with their last id.
+        hold the shutdown for its whole grace period. Each stream ends cleanly (its final
+        empty body is sent) and clients reconnect with their last id; from now on a new
+        stream is refused with 503 and ``Retry-After``.
         """
-        for scope in list(self._open_streams):
-            scope.cancel()
+        self._streams.drain()
 
     async def close(self) -> None:
         """Leave the manager if the app opened it on a first request (else do nothing).
@@ -400,7 +410,7 @@ class GoalkitApp:
         principal = await self._principal(request)
         after = _int_param(request.query, "after", 0, 0, MAX_INTEGER)
         header = request.headers.get("last-event-id")
-        if header is not None:
+        if header:  # an empty one is no id at all (EventSource never sends one)
             if not _EVENT_ID.fullmatch(header):
                 raise bad_request(
                     "Last-Event-ID", "must be a non-negative integer of at most 15 digits"
@@ -409,18 +419,21 @@ class GoalkitApp:
         goal = await self._goal(principal, params["goal_id"])
         if goal.done and after >= goal.last_event_id:
             # Nothing will ever come: 204 is what tells a browser's EventSource to stop.
-            await send({"type": "http.response.start", "status": 204, "headers": []})
+            # no-store: a cached 204 would stop a client that reconnects with an older id.
+            headers = [(b"cache-control", b"no-store")]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        await send_event_stream(
-            send,
-            request.receive,
-            self.manager.events(goal.id, after=after),
-            retry_ms=self.sse_retry_ms,
-            keepalive=self.keepalive,
-            send_timeout=self.send_timeout,
-            open_streams=self._open_streams,
-        )
+        with self._streams.admit(principal.user):
+            await send_event_stream(
+                send,
+                request.receive,
+                self.manager.events(goal.id, after=after),
+                retry_ms=self.sse_retry_ms,
+                keepalive=self.keepalive,
+                send_timeout=self.send_timeout,
+                streams=self._streams,
+            )
 
 
 # -- request checks -------------------------------------------------------------------------------
@@ -558,6 +571,8 @@ def _from_goalkit(exc: GoalkitError, request: Request) -> HTTPError:
         log.error("%s answering %s %s: %s", type(exc).__name__, request.method, request.path, exc)
         return _internal()
     headers = _CHALLENGE if exc.status == 401 else None
+    if isinstance(exc, LimitExceeded):
+        headers = {"retry-after": str(exc.retry_after)}
     field = exc.field if isinstance(exc, InvalidGoal) else None
     return HTTPError(exc.status, exc.code, exc.message, field=field, headers=headers)
 
