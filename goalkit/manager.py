@@ -15,8 +15,8 @@ import json
 import logging
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -34,6 +34,7 @@ from goalkit.errors import (
     GoalNotFound,
     InvalidGoal,
     LeaseLost,
+    LimitExceeded,
     PluginError,
     StorageError,
 )
@@ -61,6 +62,8 @@ __all__ = ["GoalManager"]
 log = logging.getLogger("goalkit")
 
 SINK_DRAIN_SECONDS = 5.0
+LIMIT_RETRY_AFTER = 10
+"""Seconds a caller refused by `max_active_per_owner` is told to wait (HTTP Retry-After)."""
 
 
 class GoalManager:
@@ -82,6 +85,8 @@ class GoalManager:
         (expired leases) and for events written by other processes; defaults to a tenth of
         `lease_ttl`, at most 1 s.
     :param entry_points: load plugins installed under the ``goalkit`` entry-point group.
+    :param max_active_per_owner: how many active (unfinished) goals one owner may have;
+        `create` raises `LimitExceeded` past it (HTTP: 429 with ``Retry-After``). None: no cap.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class GoalManager:
         lease_ttl: float = 30.0,
         poll_interval: float | None = None,
         entry_points: bool = True,
+        max_active_per_owner: int | None = 100,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -106,6 +112,12 @@ class GoalManager:
             raise ValueError("lease_ttl must be positive")
         if step_timeout is not None and step_timeout <= 0:
             raise ValueError("step_timeout must be positive or None")
+        if max_active_per_owner is not None and (
+            isinstance(max_active_per_owner, bool)
+            or not isinstance(max_active_per_owner, int)
+            or max_active_per_owner < 1
+        ):
+            raise ValueError("max_active_per_owner must be a positive integer or None")
         self.url = storage
         self.default_model = default_model
         self.max_concurrent = max_concurrent
@@ -116,6 +128,7 @@ class GoalManager:
             else RetryPolicy(base=retry_backoff)
         )
         self.step_timeout = step_timeout
+        self.max_active_per_owner = max_active_per_owner
         self.lease_ttl = lease_ttl
         self.poll_interval = (
             poll_interval if poll_interval is not None else min(1.0, lease_ttl / 10)
@@ -132,6 +145,9 @@ class GoalManager:
         self._cooldown: dict[str, float] = {}
         self._providers: dict[str, ModelProvider] = {}
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        self._owner_locks: weakref.WeakValueDictionary[str, anyio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._wake = anyio.Event()
         self._closing = False
         self._stack: AsyncExitStack | None = None
@@ -337,6 +353,30 @@ class GoalManager:
             lock = self._locks[goal_id] = anyio.Lock()
         return lock
 
+    @asynccontextmanager
+    async def _admit(self, owner: str) -> AsyncIterator[None]:
+        """Hold the block (a goal's creation) to `max_active_per_owner` active goals.
+
+        Creations by one owner take turns here, so within this manager the cap is exact;
+        managers sharing a store may overshoot it by the creations they make at once.
+        """
+        cap = self.max_active_per_owner
+        if cap is None:
+            yield
+            return
+        lock = self._owner_locks.get(owner)
+        if lock is None:
+            lock = self._owner_locks[owner] = anyio.Lock()
+        async with lock:
+            active = (await self.storage.list_goals(owner=owner, status="active", limit=1)).total
+            if active >= cap:
+                raise LimitExceeded(
+                    f"{owner!r} has {active} active goals, the most allowed "
+                    f"(max_active_per_owner={cap}); wait for one to end, or cancel one",
+                    retry_after=LIMIT_RETRY_AFTER,
+                )
+            yield
+
     async def _commit(self, transition: transitions.Transition) -> Event | None:
         return await self._store(transition.goal.id, partial(self.storage.commit, transition))
 
@@ -388,7 +428,9 @@ class GoalManager:
 
         With an `idempotency_key`, a repeated call by the same owner with the same key returns
         the goal the first call created (even when both race), and one with the same key but
-        different fields raises `GoalConflict`.
+        different fields raises `GoalConflict`. Raises `LimitExceeded` when the owner already
+        has `max_active_per_owner` active goals (checked before the key: a repeat sent at the
+        cap is refused too).
         """
         spec = validate_goal_spec(
             description=description,
@@ -433,7 +475,8 @@ class GoalManager:
                 idempotency_key=idempotency_key,
                 fingerprint=_fingerprint(spec),
             )
-        event = await self._store(goal.id, write)
+        async with self._admit(spec.owner):
+            event = await self._store(goal.id, write)
         assert event is not None
         if event.goal_id != goal.id:  # the key was used before: that goal is the answer
             return await self.get(event.goal_id)
