@@ -8,7 +8,9 @@ never publishes an event itself: the manager's `commit` stores, then publishes.
 `EventBus` hands each published event to the in-process subscribers of its goal (bounded
 inboxes: a subscriber that falls behind reads the gap back from storage, so a slow reader
 costs memory of its own only) and to every event sink (one unbounded queue and one task per
-sink, so a slow or failing sink delays nobody else).
+sink, so a slow or failing sink delays nobody else). Subscribers wait on their inbox only,
+never on a timer: events that other processes store reach them through the manager, which
+looks at storage once per poll for each goal followed here (`EventBus.publish_live`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ class EventBus:
         """How many live subscriptions exist (for leak checks)."""
         return sum(len(s) for s in self._inboxes.values())
 
+    def watched(self) -> set[str]:
+        """The ids of the goals that have live subscribers."""
+        return set(self._inboxes)
+
+    def close_inboxes(self) -> None:
+        """End every subscription (the manager is closing); their streams raise."""
+        for sends in self._inboxes.values():
+            for send in sends:
+                send.close()
+
     def add_sink(self) -> MemoryObjectReceiveStream[Event]:
         """A queue that will receive every published event, in publication order."""
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
@@ -94,10 +106,7 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Hand a stored event to everyone; never blocks, never raises."""
-        for send in list(self._inboxes.get(event.goal_id, ())):
-            # A full inbox drops the event: its subscriber notices the gap and reads storage.
-            with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                send.send_nowait(event)
+        self.publish_live(event)
         for send in self._sinks:
             try:
                 send.send_nowait(event)
@@ -105,6 +114,18 @@ class EventBus:
                 log.error(
                     "event sink queue is gone; %s #%d not delivered to it", event.type, event.id
                 )
+
+    def publish_live(self, event: Event) -> None:
+        """Hand an event to the live subscribers of its goal only; never blocks, never raises.
+
+        What `publish` does for subscribers; alone, for events another process stored (its
+        own sinks had them).
+        """
+        for send in list(self._inboxes.get(event.goal_id, ())):
+            # A full inbox drops the event: its subscriber notices the gap (or the full
+            # inbox) and reads storage.
+            with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait(event)
 
 
 async def run_sink(
@@ -154,7 +175,7 @@ class Inbox:
         while True:
             try:
                 events.append(self.receive.receive_nowait())
-            except anyio.WouldBlock:
+            except (anyio.WouldBlock, anyio.EndOfStream):
                 return events
 
 
@@ -165,19 +186,19 @@ class EventStream:
     ``async with``). Each event comes exactly once and in order, and iteration ends after the
     terminal event, or at once when the goal has ended and nothing is left after `after`.
     Storage is the source of truth: a live event that follows the last one directly is passed
-    on as published, anything else (a gap, or a quiet `poll_interval`, which is how events
-    written by other processes arrive) is read back from storage. The live subscription is
-    released as soon as the stream ends, is closed, or is dropped (``break`` out of the loop).
+    on as published, anything else (a gap, or an inbox that was full, so events may have been
+    dropped) is read back from storage. While idle the stream waits on its inbox and costs
+    no storage reads: events written by other processes are brought to the inbox by the
+    manager (one look per goal, not per stream). The live subscription is released as soon
+    as the stream ends, is closed, or is dropped (``break`` out of the loop). If the manager
+    closes first, the stream raises `RuntimeError`.
     """
 
-    def __init__(
-        self, storage: Storage, bus: EventBus, goal_id: str, after: int, poll_interval: float
-    ) -> None:
+    def __init__(self, storage: Storage, bus: EventBus, goal_id: str, after: int) -> None:
         self._storage = storage
         self._bus = bus
         self._goal_id = goal_id
         self._last = after
-        self._poll = poll_interval
         self._goal: Goal | None = None
         self._inbox: Inbox | None = None
         self._buffer: deque[Event] = deque()
@@ -235,7 +256,13 @@ class EventStream:
                 self.close()  # it has ended and nothing is left after `after`
                 return
         assert self._inbox is not None
-        live = await self._inbox.take(self._poll)
+        try:
+            live = await self._inbox.take(math.inf)
+        except anyio.EndOfStream:
+            self.close()
+            raise RuntimeError(
+                f"GoalManager closed while the events of goal {self._goal_id!r} were followed"
+            ) from None
         expected = self._last + 1
         # Storage is read again unless live events follow on without a gap.
         self._read_storage = True
@@ -250,10 +277,8 @@ class EventStream:
             self._buffer.append(event)
             expected += 1
         else:
-            self._read_storage = not self._buffer
-        if not live:
-            # Quiet: the goal may have ended in another process.
-            self._goal = await self._storage.get_goal(self._goal_id, steps=False) or self._goal
+            # A full inbox may have dropped what came after: read on from storage then.
+            self._read_storage = not self._buffer or len(live) >= INBOX_SIZE
 
 
 @attrs.frozen

@@ -1,9 +1,10 @@
 """`GoalManager`: the public entry point that owns storage, plugins and the engine.
 
 One manager = one plugin manager, one storage connection, one task group. Entering it opens
-storage and starts three kinds of task: a scheduler that leases runnable goals (new ones,
+storage and starts four kinds of task: a scheduler that leases runnable goals (new ones,
 unfinished ones from an earlier run, and those of a process whose lease expired) up to
-`max_concurrent`; a heartbeat that renews the leases of the goals it runs; and a coordinator
+`max_concurrent`; a heartbeat that renews the leases of the goals it runs; a watcher that
+brings events stored by other processes to the event streams open here; and a coordinator
 per running goal. Every write goes through `_commit`, which stores first and publishes after.
 """
 
@@ -82,8 +83,8 @@ class GoalManager:
     :param lease_ttl: seconds a goal's lease lasts without a heartbeat; a crashed process's
         goals are taken over by another manager after this long.
     :param poll_interval: seconds between looks at storage for work other processes left
-        (expired leases) and for events written by other processes; defaults to a tenth of
-        `lease_ttl`, at most 1 s.
+        (expired leases) and for events written by other processes (one look per goal that
+        is followed here and not driven here); defaults to a tenth of `lease_ttl`, at most 1 s.
     :param entry_points: load plugins installed under the ``goalkit`` entry-point group.
     :param max_active_per_owner: how many active (unfinished) goals one owner may have;
         `create` raises `LimitExceeded` past it (HTTP: 429 with ``Retry-After``). None: no cap.
@@ -203,6 +204,7 @@ class GoalManager:
             engine = await stack.enter_async_context(anyio.create_task_group())
             engine.start_soon(self._schedule, name="goalkit scheduler")
             engine.start_soon(self._heartbeat, name="goalkit heartbeat")
+            engine.start_soon(self._watch, name="goalkit watcher")
             self._storage, self._engine = storage, engine
             self._stack = stack.pop_all()
         return self
@@ -226,6 +228,7 @@ class GoalManager:
         finally:
             self._storage = self._engine = None
             self._closing = False
+            self._bus.close_inboxes()
         return None
 
     async def _drain_sinks(self, sinks: TaskGroup) -> None:
@@ -288,6 +291,31 @@ class GoalManager:
                 else:
                     log.warning("lost the lease of goal %s; stopping its coordinator", goal_id)
                     scope.cancel()
+
+    async def _watch(self) -> None:
+        # Events of goals that this manager does not drive (another process does, or nobody
+        # yet) reach the streams following them here from this loop: one look at storage per
+        # goal and poll, however many streams follow it. Goals driven here publish their own.
+        seen: dict[str, int] = {}
+        while True:
+            await anyio.sleep(self.poll_interval)
+            watched = self._bus.watched() - self._running.keys()
+            for goal_id in seen.keys() - watched:
+                del seen[goal_id]
+            for goal_id in watched:
+                try:
+                    goal = await self.storage.get_goal(goal_id, steps=False)
+                    if goal is None:
+                        continue
+                    # First look: hand on the newest event only; a stream that is behind it
+                    # sees the gap and reads the rest from storage itself.
+                    last = seen.get(goal_id, goal.last_event_id - 1)
+                    if goal.last_event_id > last:
+                        for event in await self.storage.read_events(goal_id, after=last):
+                            self._bus.publish_live(event)
+                    seen[goal_id] = goal.last_event_id
+                except Exception as exc:
+                    log.warning("looking for new events of goal %s failed: %s", goal_id, exc)
 
     async def _drive(self, goal: Goal, scope: anyio.CancelScope) -> None:
         try:
@@ -556,7 +584,7 @@ class GoalManager:
         """
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidGoal("must be an integer of at least 0", field="after")
-        return EventStream(self.storage, self._bus, _goal_id(goal_id), after, self.poll_interval)
+        return EventStream(self.storage, self._bus, _goal_id(goal_id), after)
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""

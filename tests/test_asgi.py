@@ -885,6 +885,37 @@ class TestStreamLimits:
             app_for(manager, max_streams_per_user=value)
 
 
+class TestStalledClients:
+    """A client that stops reading is dropped after `send_timeout`, holding nothing after."""
+
+    async def test_a_stalled_client_is_dropped(
+        self, manager: GoalManager, provider: HeldProvider
+    ) -> None:
+        app = app_for(manager, send_timeout=0.05)
+        async with client(app) as http:
+            goal = await create(http, model="held", description="one")
+        listener = Listener(app, goal["id"], "alice-token")
+        stalled = anyio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            listener.sent.append(message)
+            if message["type"] == "http.response.body" and len(listener.sent) > 2:
+                stalled.set()
+                await anyio.sleep_forever()  # a full socket buffer that never drains
+
+        async def receive() -> dict[str, Any]:
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(app, listener.scope, receive, send)
+                await provider.started[goal["id"]].wait()
+                provider.release(goal["id"])  # events to write: the writes stall
+        assert stalled.is_set()
+        assert manager._bus.subscriptions == 0
+
+
 def _task_count() -> int:
     import asyncio
 
