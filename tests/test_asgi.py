@@ -17,6 +17,7 @@ from asgi_helpers import (
     ROOT,
     HeldProvider,
     SlowSink,
+    Users,
     app_for,
     client,
     drive,
@@ -1000,6 +1001,63 @@ class TestMounting:
             listed = await http.get("/api/v1/goals", headers=ALICE)
             assert listed.json()["meta"]["total"] == 5
         # It would stay open until the event loop ends; the app can close it sooner.
+        await app.close()
+        assert not manager.is_open
+
+    async def test_a_failed_first_open_fails_its_requests_and_the_next_one_retries(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class FlakyStorage:
+            """Serves ``flaky://``: memory storage whose first open fails."""
+
+            def __init__(self) -> None:
+                self.opens = 0
+
+            @goalkit.hookimpl
+            def goalkit_storage(self, url: str) -> object | None:
+                from goalkit.storage.memory import MemoryStorage
+
+                if url != "flaky://":
+                    return None
+                plugin, inner = self, MemoryStorage()
+
+                class Flaky:
+                    async def open(self) -> None:
+                        plugin.opens += 1
+                        if plugin.opens == 1:
+                            raise goalkit.StorageError("disk not mounted yet")
+                        await inner.open()
+
+                    def __getattr__(self, name: str) -> object:
+                        return getattr(inner, name)
+
+                return Flaky()
+
+        storage = FlakyStorage()
+        manager = GoalManager("flaky://", plugins=[Users(), storage], entry_points=False)
+        app = goalkit.asgi.create_app(manager)
+        statuses: list[int] = []
+        texts: list[str] = []
+        with caplog.at_level(logging.ERROR, logger="goalkit.asgi"):
+            async with client(app) as http:
+
+                async def post() -> None:
+                    response = await http.post(
+                        "/api/v1/goals", json={"description": "x"}, headers=ALICE
+                    )
+                    statuses.append(response.status_code)
+                    texts.append(response.text)
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(3):
+                        tg.start_soon(post)
+                assert statuses == [500] * 3  # one attempt, its error for each waiter
+                assert all("internal_error" in text for text in texts)
+                assert not any("disk not mounted" in text for text in texts)  # logged only
+                await post()
+                assert statuses[-1] == 201
+        assert storage.opens == 2
+        assert "could not open the goal manager" in caplog.text
         await app.close()
         assert not manager.is_open
 

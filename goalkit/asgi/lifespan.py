@@ -81,44 +81,48 @@ def lifespan(manager: GoalManager) -> ManagerLifespan:
     return ManagerLifespan(manager)
 
 
+class _Opening:
+    """One attempt at opening the manager on request, and the signals around it."""
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()  # open, or opening failed
+        self.stop = anyio.Event()  # leave the manager
+        self.closed = anyio.Event()  # left (or never opened)
+        self.error: BaseException | None = None  # what opening raised
+
+
 class Opener:
     """Opens the manager on the first request that finds it closed, exactly once."""
 
     def __init__(self, manager: GoalManager) -> None:
         self.manager = manager
-        self._ready: anyio.Event | None = None
-        self._error: BaseException | None = None  # what opening raised
+        self._opening: _Opening | None = None
         self._failure: BaseException | None = None  # what leaving raised
         self._tasks: list[asyncio.Task[None]] = []  # strong references: see module doc
-        self._stop: anyio.Event | None = None
-        self._closed: anyio.Event | None = None
 
     async def ensure_open(self) -> None:
         """Return once the manager is open; raise what opening it raised."""
         if self.manager.is_open:
             return
-        ready = self._ready
-        if ready is None:
+        opening = self._opening
+        if opening is None:
             # No await between the test and the assignment: on one event loop this is the
             # lock that lets exactly one request start the manager; the others wait below.
-            ready = self._ready = anyio.Event()
-            self._error = None
-            stop = self._stop = anyio.Event()
-            closed = self._closed = anyio.Event()
-            self._spawn(partial(self._hold, ready, stop, closed), partial(self._await_end, stop))
-        await ready.wait()
-        if self._error is not None:
-            raise self._error
+            opening = self._opening = _Opening()
+            self._spawn(partial(self._hold, opening), partial(self._await_end, opening))
+        await opening.ready.wait()
+        if opening.error is not None:
+            raise opening.error
 
     async def close(self) -> None:
         """Leave the manager if this opener opened it (else do nothing); wait until it is.
 
         Raises what leaving the manager raised.
         """
-        stop, closed = self._stop, self._closed
-        if stop is not None and closed is not None:
-            stop.set()
-            await closed.wait()
+        opening = self._opening
+        if opening is not None:
+            opening.stop.set()
+            await opening.closed.wait()
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
@@ -136,32 +140,33 @@ class Opener:
         for task in tasks:
             trio.lowlevel.spawn_system_task(task, name="goalkit manager")
 
-    async def _hold(self, ready: anyio.Event, stop: anyio.Event, closed: anyio.Event) -> None:
+    async def _hold(self, opening: _Opening) -> None:
         # The manager is entered and left in this one task and scope, so its task groups are
         # left in the scope they were entered in. Shielded, so that its exit (sinks drained,
         # leases released, storage closed) is not cut short when the event loop ends.
         try:
             with anyio.CancelScope(shield=True):
                 async with self.manager:
-                    ready.set()
-                    await stop.wait()
+                    opening.ready.set()
+                    await opening.stop.wait()
         except Exception as exc:
-            if ready.is_set():
+            if opening.ready.is_set():
                 log.exception("the goal manager did not close cleanly")
                 self._failure = exc
             else:
                 log.exception("could not open the goal manager")
-                self._error = exc  # the next request tries again
+                opening.error = exc  # its waiters raise it; the next request tries again
         finally:
-            self._ready = self._stop = self._closed = None
-            ready.set()
-            stop.set()
-            closed.set()
+            if self._opening is opening:
+                self._opening = None
+            opening.ready.set()
+            opening.stop.set()
+            opening.closed.set()
 
-    async def _await_end(self, stop: anyio.Event) -> None:
+    async def _await_end(self, opening: _Opening) -> None:
         # The shielded holder cannot see the event loop end; this task can: the loop
         # cancels it, and it tells the holder to leave the manager.
         try:
-            await stop.wait()
+            await opening.stop.wait()
         finally:
-            stop.set()
+            opening.stop.set()
