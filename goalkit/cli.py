@@ -252,18 +252,19 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
-    try:
-        with _quiet_exit_signals():
-            anyio.run(_serve_until_stopped, server, app.drain, backend="asyncio")
-    except SystemExit as exc:  # uvicorn exits when the lifespan or the socket fails
-        if exc.code not in (0, None):
-            _error("serve", "the server did not start (see the log above)")
-            return EXIT_FAILED
+    with _quiet_exit_signals():
+        code = anyio.run(_serve_until_stopped, server, app.drain, backend="asyncio")
+    if code not in (0, None):
+        _error("serve", "the server did not start (see the log above)")
+        return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
 
 
-async def _serve_until_stopped(server: Any, drain: Callable[[], None]) -> None:
+async def _serve_until_stopped(server: Any, drain: Callable[[], None]) -> str | int | None:
     """Run `server` (a ``uvicorn.Server``) and `drain` the app as soon as it begins to stop.
+
+    Returns the code of the `SystemExit` by which uvicorn gives up when the lifespan or the
+    socket fails (None when it served and stopped).
 
     uvicorn tells an application nothing when it starts shutting down: the lifespan's
     shutdown comes only after every open response has ended, which an event stream never
@@ -280,10 +281,15 @@ async def _serve_until_stopped(server: Any, drain: Callable[[], None]) -> None:
             await anyio.sleep(0.1)
         drain()
 
+    code: str | int | None = None
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(drain_when_stopping)
-        await server.serve()
+        try:
+            await server.serve()
+        except SystemExit as exc:  # caught here: a task group would wrap it in a group
+            code = exc.code
         tasks.cancel_scope.cancel()
+    return code
 
 
 def _is_loopback(host: str) -> bool:

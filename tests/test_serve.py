@@ -345,6 +345,24 @@ class TestGeneratedToken:
         assert message in done.stderr
         assert "admin token" not in done.stderr
 
+    def test_port_in_use_exits_1(self, tmp_path: Path, tokens_file: Path) -> None:
+        """A port another socket holds: exit 1 with a message, no traceback."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            args = ["--port", str(port), *server_args(tmp_path, tokens_file)]
+            done = subprocess.run(
+                [sys.executable, "-m", "goalkit", "serve", *args],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        assert done.returncode == 1, done.stderr
+        assert "the server did not start" in done.stderr
+        assert "Traceback" not in done.stderr
+
     def test_bad_tokens_file_exits_2(self, tmp_path: Path) -> None:
         """A tokens file that breaks a rule exits 2 naming the entry, not the token."""
         path = tmp_path / "tokens.toml"
