@@ -54,6 +54,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # Open SSE streams would hold a graceful shutdown forever: after this long they are cut
 # (clients reconnect with Last-Event-ID and miss nothing) and the manager is left.
 SHUTDOWN_TIMEOUT = 5
+DEFAULT_MAX_ACTIVE, DEFAULT_MAX_STREAMS = 100, 10  # the library's own defaults
 ADMIN_USER = "admin"
 
 
@@ -138,8 +139,28 @@ def _parser() -> argparse.ArgumentParser:
         "generated and printed once",
     )
     _plugin_option(serve)
+    serve.add_argument(
+        "--max-active-goals",
+        type=_cap,
+        default=DEFAULT_MAX_ACTIVE,
+        metavar="N",
+        help=f"active goals one user may have; 0: no cap (default: {DEFAULT_MAX_ACTIVE})",
+    )
+    serve.add_argument(
+        "--max-streams",
+        type=_cap,
+        default=DEFAULT_MAX_STREAMS,
+        metavar="N",
+        help=f"event streams one user may hold open; 0: no cap (default: {DEFAULT_MAX_STREAMS})",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: info)")
     return parser
+
+
+def _cap(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 for no cap, got {text!r}")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -232,7 +253,11 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         token = secrets.token_urlsafe(32)
         auth = StaticTokens({token: Principal(ADMIN_USER, admin=True)})
-    manager = GoalManager(args.storage, plugins=[*args.plugins, auth])
+    manager = GoalManager(
+        args.storage,
+        plugins=[*args.plugins, auth],
+        max_active_per_owner=args.max_active_goals or None,
+    )
     # Load the plugins and pick the storage now (both without I/O): a bad plugin or an
     # unknown URL scheme is a usage error, not a server that fails to start.
     if manager.plugin_manager.hook.goalkit_storage(url=args.storage) is None:
@@ -240,7 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if token is not None:
         print(f"goalkit serve: admin token (shown once): {token}", file=sys.stderr, flush=True)
-    app = create_app(manager)
+    app = create_app(manager, max_streams_per_user=args.max_streams or None)
     config = uvicorn.Config(
         app,
         host=args.host,

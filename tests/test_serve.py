@@ -330,6 +330,8 @@ class TestGeneratedToken:
             (["--storage", "bogus://x"], "no storage plugin serves the URL 'bogus://x'"),
             (["-p", "no_such_goalkit_plugin"], "cannot import plugin module"),
             (["--port", "0"], "--port: must be from 1 to 65535"),
+            (["--max-streams", "-1"], "--max-streams: must be a whole number, 0 for no cap"),
+            (["--max-active-goals", "x"], "--max-active-goals: must be a whole number"),
         ],
     )
     def test_bad_arguments_exit_2(self, tmp_path: Path, args: list[str], message: str) -> None:
@@ -377,6 +379,37 @@ class TestGeneratedToken:
         assert done.returncode == 2
         assert "line 2, entry 1 of [tokens]: missing 'user'" in done.stderr
         assert "sekrit-value" not in done.stderr
+
+
+class TestLimits:
+    """--max-active-goals and --max-streams set the per-user caps: past them, 429."""
+
+    def test_caps_from_the_command_line(self, tmp_path: Path, tokens_file: Path) -> None:
+        args = [
+            *server_args(tmp_path, tokens_file),
+            "--max-active-goals",
+            "1",
+            "--max-streams",
+            "1",
+        ]
+        server = Server(tmp_path, *args).start()
+        try:
+            with server.client(ALICE) as alice, server.client(BOB) as bob:
+                goal = create(alice, SIX_STEPS, model="scripted/5")
+                refused = alice.post("/api/v1/goals", json={"description": "one more"})
+                assert refused.status_code == 429, refused.text
+                assert refused.headers["Retry-After"] == "10"
+                assert refused.json()["error"]["code"] == "limit_exceeded"
+                create(bob, SIX_STEPS, model="scripted/5")  # bob has a cap of his own
+                path = f"/api/v1/goals/{goal['id']}/events"
+                with alice.stream("GET", path) as first:
+                    assert first.status_code == 200
+                    second = alice.get(path)
+                    assert second.status_code == 429, second.text
+                    assert second.headers["Retry-After"] == "3"
+        finally:
+            code, _ = server.stop()
+        assert code == 0, server.stderr
 
 
 class TestShutdown:
