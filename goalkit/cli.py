@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol, TextIO
 
@@ -54,6 +54,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # Open SSE streams would hold a graceful shutdown forever: after this long they are cut
 # (clients reconnect with Last-Event-ID and miss nothing) and the manager is left.
 SHUTDOWN_TIMEOUT = 5
+DEFAULT_MAX_ACTIVE, DEFAULT_MAX_STREAMS = 100, 10  # the server's defaults (docs/security.md)
 ADMIN_USER = "admin"
 
 
@@ -150,8 +151,28 @@ def _parser() -> argparse.ArgumentParser:
         "events on the event streams (never stored)",
     )
     _plugin_option(serve)
+    serve.add_argument(
+        "--max-active-goals",
+        type=_cap,
+        default=DEFAULT_MAX_ACTIVE,
+        metavar="N",
+        help=f"active goals one user may have; 0: no cap (default: {DEFAULT_MAX_ACTIVE})",
+    )
+    serve.add_argument(
+        "--max-streams",
+        type=_cap,
+        default=DEFAULT_MAX_STREAMS,
+        metavar="N",
+        help=f"event streams one user may hold open; 0: no cap (default: {DEFAULT_MAX_STREAMS})",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: info)")
     return parser
+
+
+def _cap(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 for no cap, got {text!r}")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -245,7 +266,10 @@ def _serve(args: argparse.Namespace) -> int:
         token = secrets.token_urlsafe(32)
         auth = StaticTokens({token: Principal(ADMIN_USER, admin=True)})
     manager = GoalManager(
-        args.storage, plugins=[*args.plugins, auth], live_output=args.live_output
+        args.storage,
+        plugins=[*args.plugins, auth],
+        live_output=args.live_output,
+        max_active_per_owner=args.max_active_goals or None,
     )
     # Load the plugins and pick the storage now (both without I/O): a bad plugin or an
     # unknown URL scheme is a usage error, not a server that fails to start.
@@ -254,13 +278,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if token is not None:
         print(f"goalkit serve: admin token (shown once): {token}", file=sys.stderr, flush=True)
-    app = create_app(manager)
-
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets: Any = None) -> None:
-            app.drain()  # open event streams would hold the shutdown for its whole grace
-            await super().shutdown(sockets)
-
+    app = create_app(manager, max_streams_per_user=args.max_streams or None)
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -279,15 +297,45 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=16 * 1024,
     )
-    server = Server(config)
-    try:
-        with _quiet_exit_signals():
-            server.run()
-    except SystemExit as exc:  # uvicorn exits when the lifespan or the socket fails
-        if exc.code not in (0, None):
-            _error("serve", "the server did not start (see the log above)")
-            return EXIT_FAILED
+    server = uvicorn.Server(config)
+    with _quiet_exit_signals():
+        code = anyio.run(_serve_until_stopped, server, app.drain, backend="asyncio")
+    if code not in (0, None):
+        _error("serve", "the server did not start (see the log above)")
+        return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+async def _serve_until_stopped(server: Any, drain: Callable[[], None]) -> str | int | None:
+    """Run `server` (a ``uvicorn.Server``) and `drain` the app as soon as it begins to stop.
+
+    Returns the code of the `SystemExit` by which uvicorn gives up when the lifespan or the
+    socket fails (None when it served and stopped).
+
+    uvicorn tells an application nothing when it starts shutting down: the lifespan's
+    shutdown comes only after every open response has ended, which an event stream never
+    does by itself, so streams would hold the shutdown for its whole grace period. The
+    narrowest hook that overrides nothing is ``Server.should_exit``, the flag uvicorn's own
+    signal handler sets and its main loop polls every 0.1 s; it is watched here at the same
+    pace, next to ``Server.serve()``, uvicorn's entry point for running in an event loop of
+    one's own.
+    """
+
+    async def drain_when_stopping() -> None:
+        # A plain flag, set from a signal handler: there is no event to wait on instead.
+        while not server.should_exit:  # noqa: ASYNC110
+            await anyio.sleep(0.1)
+        drain()
+
+    code: str | int | None = None
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(drain_when_stopping)
+        try:
+            await server.serve()
+        except SystemExit as exc:  # caught here: a task group would wrap it in a group
+            code = exc.code
+        tasks.cancel_scope.cancel()
+    return code
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,9 +8,11 @@ never publishes an event itself: the manager's `commit` stores, then publishes.
 `EventBus` hands each published event to the in-process subscribers of its goal (bounded
 inboxes: a subscriber that falls behind reads the gap back from storage, so a slow reader
 costs memory of its own only) and to every event sink (one unbounded queue and one task per
-sink, so a slow or failing sink delays nobody else). Live-only events (``goal.step_delta``,
-streamed text, `id` 0) go to subscribers only: they are never stored, so sinks, whose
-contract is "after it is stored", never see them.
+sink, so a slow or failing sink delays nobody else). Subscribers wait on their inbox only,
+never on a timer: events that other processes store reach them through the manager, which
+looks at storage once per poll for each goal followed here (`EventBus.publish_live`).
+Live-only events (``goal.step_delta``, streamed text, `id` 0) go to subscribers only: they
+are never stored, so sinks, whose contract is "after it is stored", never see them.
 
 Token budgets are enforced here, around every provider call (planning attempts included):
 no call is made once the goal's usage has reached `max_tokens`, and a call whose reported
@@ -100,6 +102,16 @@ class EventBus:
         """How many live subscriptions exist (for leak checks)."""
         return sum(len(s) for s in self._inboxes.values())
 
+    def watched(self) -> set[str]:
+        """The ids of the goals that have live subscribers."""
+        return set(self._inboxes)
+
+    def close_inboxes(self) -> None:
+        """End every subscription (the manager is closing); their streams raise."""
+        for sends in self._inboxes.values():
+            for send in sends:
+                send.close()
+
     def add_sink(self) -> MemoryObjectReceiveStream[Event]:
         """A queue that will receive every published event, in publication order."""
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
@@ -126,11 +138,13 @@ class EventBus:
     def publish_live(self, event: Event) -> None:
         """Hand an event to the live subscribers of its goal only; never blocks, never raises.
 
-        What `publish` does for subscribers, and all that happens to a live-only event.
+        What `publish` does for subscribers; alone, for live-only events and for events
+        another process stored (its own sinks had them).
         """
         for send in list(self._inboxes.get(event.goal_id, ())):
-            # A full inbox drops the event: its subscriber notices the gap and reads storage
-            # (a dropped live-only event is simply lost: the step's result holds its text).
+            # A full inbox drops the event: its subscriber notices the gap (or the full
+            # inbox) and reads storage (a dropped live-only event is simply lost: the step's
+            # result holds its text).
             with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 send.send_nowait(event)
 
@@ -182,7 +196,7 @@ class Inbox:
         while True:
             try:
                 events.append(self.receive.receive_nowait())
-            except anyio.WouldBlock:
+            except (anyio.WouldBlock, anyio.EndOfStream):
                 return events
 
 
@@ -193,9 +207,12 @@ class EventStream:
     ``async with``). Each event comes exactly once and in order, and iteration ends after the
     terminal event, or at once when the goal has ended and nothing is left after `after`.
     Storage is the source of truth: a live event that follows the last one directly is passed
-    on as published, anything else (a gap, or a quiet `poll_interval`, which is how events
-    written by other processes arrive) is read back from storage. The live subscription is
-    released as soon as the stream ends, is closed, or is dropped (``break`` out of the loop).
+    on as published, anything else (a gap, or an inbox that was full, so events may have been
+    dropped) is read back from storage. While idle the stream waits on its inbox and costs
+    no storage reads: events written by other processes are brought to the inbox by the
+    manager (one look per goal, not per stream). The live subscription is released as soon
+    as the stream ends, is closed, or is dropped (``break`` out of the loop). If the manager
+    closes first, the stream raises `RuntimeError`.
 
     With the manager's ``live_output`` on, live-only ``goal.step_delta`` events (`id` 0) come
     too, between the stored events they belong to: each is passed on only when it was
@@ -203,14 +220,11 @@ class EventStream:
     so a replay from storage never shows them, and one that comes late is dropped.
     """
 
-    def __init__(
-        self, storage: Storage, bus: EventBus, goal_id: str, after: int, poll_interval: float
-    ) -> None:
+    def __init__(self, storage: Storage, bus: EventBus, goal_id: str, after: int) -> None:
         self._storage = storage
         self._bus = bus
         self._goal_id = goal_id
         self._last = after
-        self._poll = poll_interval
         self._goal: Goal | None = None
         self._inbox: Inbox | None = None
         self._buffer: deque[Event] = deque()
@@ -269,7 +283,13 @@ class EventStream:
                 self.close()  # it has ended and nothing is left after `after`
                 return
         assert self._inbox is not None
-        live = await self._inbox.take(self._poll)
+        try:
+            live = await self._inbox.take(math.inf)
+        except anyio.EndOfStream:
+            self.close()
+            raise RuntimeError(
+                f"GoalManager closed while the events of goal {self._goal_id!r} were followed"
+            ) from None
         expected = self._last + 1
         # Storage is read again unless live events follow on without a gap.
         self._read_storage = True
@@ -288,10 +308,8 @@ class EventStream:
             self._buffer.append(event)
             expected += 1
         else:
-            self._read_storage = not self._buffer
-        if not live:
-            # Quiet: the goal may have ended in another process.
-            self._goal = await self._storage.get_goal(self._goal_id, steps=False) or self._goal
+            # A full inbox may have dropped what came after: read on from storage then.
+            self._read_storage = not self._buffer or len(live) >= INBOX_SIZE
 
 
 @attrs.frozen

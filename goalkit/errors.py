@@ -18,6 +18,7 @@ __all__ = [
     "GoalkitError",
     "InvalidGoal",
     "LeaseLost",
+    "LimitExceeded",
     "NotAuthenticated",
     "PluginError",
     "ProviderError",
@@ -77,6 +78,20 @@ class GoalConflict(GoalkitError):
 
     status = 409
     code = "conflict"
+
+
+class LimitExceeded(GoalkitError):
+    """A configured cap was reached, e.g. a user's number of active goals; try again later.
+
+    `retry_after` is the number of seconds a client is told to wait (HTTP ``Retry-After``).
+    """
+
+    status = 429
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PluginError(GoalkitError):

@@ -1,9 +1,10 @@
 """`GoalManager`: the public entry point that owns storage, plugins and the engine.
 
 One manager = one plugin manager, one storage connection, one task group. Entering it opens
-storage and starts three kinds of task: a scheduler that leases runnable goals (new ones,
+storage and starts four kinds of task: a scheduler that leases runnable goals (new ones,
 unfinished ones from an earlier run, and those of a process whose lease expired) up to
-`max_concurrent`; a heartbeat that renews the leases of the goals it runs; and a coordinator
+`max_concurrent`; a heartbeat that renews the leases of the goals it runs; a watcher that
+brings events stored by other processes to the event streams open here; and a coordinator
 per running goal. Every write goes through `_commit`, which stores first and publishes after.
 Streamed text (``live_output``) is the one thing published without being stored.
 """
@@ -16,8 +17,8 @@ import json
 import logging
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -35,6 +36,7 @@ from goalkit.errors import (
     GoalNotFound,
     InvalidGoal,
     LeaseLost,
+    LimitExceeded,
     PluginError,
     StorageError,
 )
@@ -62,6 +64,8 @@ __all__ = ["GoalManager"]
 log = logging.getLogger("goalkit")
 
 SINK_DRAIN_SECONDS = 5.0
+LIMIT_RETRY_AFTER = 10
+"""Seconds a caller refused by `max_active_per_owner` is told to wait (HTTP Retry-After)."""
 
 
 class GoalManager:
@@ -80,8 +84,8 @@ class GoalManager:
     :param lease_ttl: seconds a goal's lease lasts without a heartbeat; a crashed process's
         goals are taken over by another manager after this long.
     :param poll_interval: seconds between looks at storage for work other processes left
-        (expired leases) and for events written by other processes; defaults to a tenth of
-        `lease_ttl`, at most 1 s.
+        (expired leases) and for events written by other processes (one look per goal that
+        is followed here and not driven here); defaults to a tenth of `lease_ttl`, at most 1 s.
     :param entry_points: load plugins installed under the ``goalkit`` entry-point group.
     :param live_output: stream step answers from providers that can (``stream_step``) and
         publish each chunk of text as a live-only ``goal.step_delta`` event to the followers
@@ -89,6 +93,9 @@ class GoalManager:
     :param max_recoveries: how many times in a row a goal is resumed after the manager
         running it died (or froze, or lost its lease) without a step completing since; past
         that the goal fails with code ``crash_loop`` instead of crash-looping (a poison goal).
+    :param max_active_per_owner: how many active (unfinished) goals one owner may have;
+        `create` raises `LimitExceeded` past it (HTTP: 429 with ``Retry-After``). None (the
+        default): no cap; ``goalkit serve`` sets 100.
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class GoalManager:
         entry_points: bool = True,
         live_output: bool = False,
         max_recoveries: int = 3,
+        max_active_per_owner: int | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -118,6 +126,12 @@ class GoalManager:
         if max_recoveries < 0:
             raise ValueError("max_recoveries must be at least 0")
         self.max_recoveries = max_recoveries
+        if max_active_per_owner is not None and (
+            isinstance(max_active_per_owner, bool)
+            or not isinstance(max_active_per_owner, int)
+            or max_active_per_owner < 1
+        ):
+            raise ValueError("max_active_per_owner must be a positive integer or None")
         self.url = storage
         self.default_model = default_model
         self.max_concurrent = max_concurrent
@@ -128,6 +142,7 @@ class GoalManager:
             else RetryPolicy(base=retry_backoff)
         )
         self.step_timeout = step_timeout
+        self.max_active_per_owner = max_active_per_owner
         self.lease_ttl = lease_ttl
         self.poll_interval = (
             poll_interval if poll_interval is not None else min(1.0, lease_ttl / 10)
@@ -151,6 +166,9 @@ class GoalManager:
         self._deferred: set[str] = set()
         self._providers: dict[str, ModelProvider] = {}
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        self._owner_locks: weakref.WeakValueDictionary[str, anyio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._wake = anyio.Event()
         self._closing = False
         self._stack: AsyncExitStack | None = None
@@ -214,6 +232,7 @@ class GoalManager:
             engine = await stack.enter_async_context(anyio.create_task_group())
             engine.start_soon(self._schedule, name="goalkit scheduler")
             engine.start_soon(self._heartbeat, name="goalkit heartbeat")
+            engine.start_soon(self._watch, name="goalkit watcher")
             self._storage, self._engine = guarded, engine
             self._stack = stack.pop_all()
         return self
@@ -237,6 +256,7 @@ class GoalManager:
         finally:
             self._storage = self._engine = None
             self._closing = False
+            self._bus.close_inboxes()
         return None
 
     async def _close_providers(self) -> None:
@@ -347,6 +367,31 @@ class GoalManager:
                     log.warning("lost the lease of goal %s; stopping its coordinator", goal_id)
                     scope.cancel()
 
+    async def _watch(self) -> None:
+        # Events of goals that this manager does not drive (another process does, or nobody
+        # yet) reach the streams following them here from this loop: one look at storage per
+        # goal and poll, however many streams follow it. Goals driven here publish their own.
+        seen: dict[str, int] = {}
+        while True:
+            await anyio.sleep(self.poll_interval)
+            watched = self._bus.watched() - self._running.keys()
+            for goal_id in seen.keys() - watched:
+                del seen[goal_id]
+            for goal_id in watched:
+                try:
+                    goal = await self._guarded.get_goal(goal_id, steps=False)
+                    if goal is None:
+                        continue
+                    # First look: hand on the newest event only; a stream that is behind it
+                    # sees the gap and reads the rest from storage itself.
+                    last = seen.get(goal_id, goal.last_event_id - 1)
+                    if goal.last_event_id > last:
+                        for event in await self._guarded.read_events(goal_id, after=last):
+                            self._bus.publish_live(event)
+                    seen[goal_id] = goal.last_event_id
+                except Exception as exc:
+                    log.warning("looking for new events of goal %s failed: %s", goal_id, exc)
+
     async def _drive(self, goal: Goal, scope: anyio.CancelScope) -> None:
         try:
             with scope:
@@ -414,6 +459,30 @@ class GoalManager:
             lock = self._locks[goal_id] = anyio.Lock()
         return lock
 
+    @asynccontextmanager
+    async def _admit(self, owner: str) -> AsyncIterator[None]:
+        """Hold the block (a goal's creation) to `max_active_per_owner` active goals.
+
+        Creations by one owner take turns here, so within this manager the cap is exact;
+        managers sharing a store may overshoot it by the creations they make at once.
+        """
+        cap = self.max_active_per_owner
+        if cap is None:
+            yield
+            return
+        lock = self._owner_locks.get(owner)
+        if lock is None:
+            lock = self._owner_locks[owner] = anyio.Lock()
+        async with lock:
+            active = (await self._guarded.list_goals(owner=owner, status="active", limit=1)).total
+            if active >= cap:
+                raise LimitExceeded(
+                    f"{owner!r} has {active} active goals, the most allowed "
+                    f"(max_active_per_owner={cap}); wait for one to end, or cancel one",
+                    retry_after=LIMIT_RETRY_AFTER,
+                )
+            yield
+
     async def _commit(self, transition: transitions.Transition) -> Event | None:
         event = await self._store(transition.goal.id, partial(self._guarded.commit, transition))
         if transition.goal.recoveries == 0:
@@ -473,7 +542,9 @@ class GoalManager:
 
         With an `idempotency_key`, a repeated call by the same owner with the same key returns
         the goal the first call created (even when both race), and one with the same key but
-        different fields raises `GoalConflict`.
+        different fields raises `GoalConflict`. Raises `LimitExceeded` when the owner already
+        has `max_active_per_owner` active goals (checked before the key: a repeat sent at the
+        cap is refused too).
         """
         spec = validate_goal_spec(
             description=description,
@@ -514,7 +585,8 @@ class GoalManager:
                 idempotency_key=idempotency_key,
                 fingerprint=_fingerprint(spec),
             )
-        event = await self._store(goal.id, write)
+        async with self._admit(spec.owner):
+            event = await self._store(goal.id, write)
         assert event is not None
         if event.goal_id != goal.id:  # the key was used before: that goal is the answer
             return await self.get(event.goal_id)
@@ -594,7 +666,7 @@ class GoalManager:
         """
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidGoal("must be an integer of at least 0", field="after")
-        return EventStream(self._guarded, self._bus, _goal_id(goal_id), after, self.poll_interval)
+        return EventStream(self._guarded, self._bus, _goal_id(goal_id), after)
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""

@@ -59,6 +59,18 @@ class HeldProvider:
         return f"done {step.index}"
 
 
+class SlowSink:
+    """A `goalkit_event` sink that takes a moment per event: it shows whether sinks drained."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    @goalkit.hookimpl
+    async def goalkit_event(self, event: goalkit.Event) -> None:
+        await anyio.sleep(0.01)
+        self.seen.append((event.goal_id, event.id))
+
+
 class AnyModel:
     """A provider serving every model name at once (for schemathesis, which invents names)."""
 

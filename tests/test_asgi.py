@@ -16,6 +16,8 @@ from asgi_helpers import (
     BOB,
     ROOT,
     HeldProvider,
+    SlowSink,
+    Users,
     app_for,
     client,
     drive,
@@ -615,6 +617,18 @@ class TestEvents:
             response = await http.get(url + suffix, headers=ALICE | headers)
             assert response.status_code == 204
             assert response.content == b""
+            assert response.headers["cache-control"] == "no-store"
+
+    async def test_an_empty_last_event_id_is_no_id(
+        self, http: httpx.AsyncClient, manager: GoalManager
+    ) -> None:
+        goal = await finished(http, manager)
+        url = f"/api/v1/goals/{goal['id']}/events"
+        full = events_of((await http.get(url, headers=ALICE)).text)
+        for query in ("", "?after=2"):
+            response = await http.get(url + query, headers=ALICE | {"Last-Event-ID": ""})
+            assert response.status_code == 200, response.text
+            assert events_of(response.text) == full[2 if query else 0 :]
 
     @pytest.mark.parametrize(
         ("query", "headers", "field"),
@@ -747,6 +761,162 @@ class TestEvents:
         assert manager._bus.subscriptions == 0
 
 
+class Listener:
+    """One event stream called through raw ASGI, so a test can see it open and end."""
+
+    def __init__(self, app: goalkit.asgi.GoalkitApp, goal_id: str, token: str) -> None:
+        self.app = app
+        self.sent: list[dict[str, Any]] = []
+        self.opened = anyio.Event()  # the first body chunk (the retry line) went out
+        self.gone = anyio.Event()  # set it to make the client disconnect
+        self.done = anyio.Event()  # the app returned
+        self.scope = {
+            "type": "http",
+            "method": "GET",
+            "path": f"/api/v1/goals/{goal_id}/events",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+        }
+
+    async def run(self) -> None:
+        async def receive() -> dict[str, Any]:
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            self.sent.append(message)
+            if message["type"] == "http.response.body":
+                self.opened.set()
+
+        try:
+            await self.app(self.scope, receive, send)
+        finally:
+            self.opened.set()  # also when it was refused
+            self.done.set()
+
+    @property
+    def status(self) -> int:
+        status: int = self.sent[0]["status"]
+        return status
+
+    @property
+    def ended_cleanly(self) -> bool:
+        last = self.sent[-1]
+        return last["type"] == "http.response.body" and last.get("more_body") is False
+
+
+class TestStreamLimits:
+    """Draining ends streams cleanly and refuses new ones; each user has a cap on streams."""
+
+    async def test_drain_ends_open_streams_with_a_final_body(
+        self, manager: GoalManager, app: goalkit.asgi.GoalkitApp, provider: HeldProvider
+    ) -> None:
+        async with client(app) as http:
+            goal = await create(http, model="held")
+            finished_goal = await finished(http, manager)
+        listeners = [Listener(app, goal["id"], "alice-token") for _ in range(3)]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for listener in listeners:
+                    tg.start_soon(listener.run)
+                    await listener.opened.wait()
+                app.drain()
+        for listener in listeners:
+            assert listener.status == 200
+            assert listener.ended_cleanly
+        assert manager._bus.subscriptions == 0
+        async with client(app) as http:
+            refused = await http.get(f"/api/v1/goals/{goal['id']}/events", headers=ALICE)
+            assert_error(refused, 503, "unavailable")
+            assert refused.headers["retry-after"] == "3"
+            # A finished goal's reconnect is still told to stop.
+            path = f"/api/v1/goals/{finished_goal['id']}/events"
+            ended = await http.get(path, headers=ALICE | {"Last-Event-ID": "999"})
+            assert ended.status_code == 204
+        provider.release(goal["id"])
+
+    async def test_a_user_may_hold_a_limited_number_of_streams(
+        self, manager: GoalManager, provider: HeldProvider
+    ) -> None:
+        app = app_for(manager, max_streams_per_user=2, sse_retry_ms=7500)
+        async with client(app) as http:
+            goal = await create(http, model="held")
+        held = [Listener(app, goal["id"], "alice-token") for _ in range(2)]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for listener in held:
+                    tg.start_soon(listener.run)
+                    await listener.opened.wait()
+                async with client(app) as http:
+                    refused = await http.get(f"/api/v1/goals/{goal['id']}/events", headers=ALICE)
+                    assert_error(refused, 429, "limit_exceeded")
+                    assert refused.headers["retry-after"] == "8"
+                    assert "at most 2 event streams" in refused.json()["error"]["message"]
+                # Another user's streams are counted apart.
+                other = Listener(app, goal["id"], "root-token")
+                tg.start_soon(other.run)
+                await other.opened.wait()
+                assert other.status == 200
+                # A stream that ends gives its place back.
+                held[0].gone.set()
+                await held[0].done.wait()
+                again = Listener(app, goal["id"], "alice-token")
+                tg.start_soon(again.run)
+                await again.opened.wait()
+                provider.release(goal["id"])
+        assert all(x.status == 200 and x.ended_cleanly for x in [held[1], other, again])
+
+    async def test_no_cap_with_none(self, manager: GoalManager, provider: HeldProvider) -> None:
+        app = app_for(manager, max_streams_per_user=None)
+        async with client(app) as http:
+            goal = await create(http, model="held")
+        listeners = [Listener(app, goal["id"], "alice-token") for _ in range(12)]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for listener in listeners:
+                    tg.start_soon(listener.run)
+                    await listener.opened.wait()
+                provider.release(goal["id"])
+        assert {listener.status for listener in listeners} == {200}
+
+    @pytest.mark.parametrize("value", [0, -1, 1.5, True])
+    async def test_bad_cap_is_refused(self, manager: GoalManager, value: Any) -> None:
+        with pytest.raises(ValueError, match="max_streams_per_user"):
+            app_for(manager, max_streams_per_user=value)
+
+
+class TestStalledClients:
+    """A client that stops reading is dropped after `send_timeout`, holding nothing after."""
+
+    async def test_a_stalled_client_is_dropped(
+        self, manager: GoalManager, provider: HeldProvider
+    ) -> None:
+        app = app_for(manager, send_timeout=0.05)
+        async with client(app) as http:
+            goal = await create(http, model="held", description="one")
+        listener = Listener(app, goal["id"], "alice-token")
+        stalled = anyio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            listener.sent.append(message)
+            if message["type"] == "http.response.body" and len(listener.sent) > 2:
+                stalled.set()
+                await anyio.sleep_forever()  # a full socket buffer that never drains
+
+        async def receive() -> dict[str, Any]:
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(app, listener.scope, receive, send)
+                await provider.started[goal["id"]].wait()
+                provider.release(goal["id"])  # events to write: the writes stall
+        assert stalled.is_set()
+        assert manager._bus.subscriptions == 0
+
+
 def _task_count() -> int:
     import asyncio
 
@@ -833,6 +1003,102 @@ class TestMounting:
         # It would stay open until the event loop ends; the app can close it sooner.
         await app.close()
         assert not manager.is_open
+
+    async def test_a_failed_first_open_fails_its_requests_and_the_next_one_retries(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class FlakyStorage:
+            """Serves ``flaky://``: memory storage whose first open fails."""
+
+            def __init__(self) -> None:
+                self.opens = 0
+
+            @goalkit.hookimpl
+            def goalkit_storage(self, url: str) -> object | None:
+                from goalkit.storage.memory import MemoryStorage
+
+                if url != "flaky://":
+                    return None
+                plugin, inner = self, MemoryStorage()
+
+                class Flaky:
+                    async def open(self) -> None:
+                        plugin.opens += 1
+                        if plugin.opens == 1:
+                            raise goalkit.StorageError("disk not mounted yet")
+                        await inner.open()
+
+                    def __getattr__(self, name: str) -> object:
+                        return getattr(inner, name)
+
+                return Flaky()
+
+        storage = FlakyStorage()
+        manager = GoalManager("flaky://", plugins=[Users(), storage], entry_points=False)
+        app = goalkit.asgi.create_app(manager)
+        statuses: list[int] = []
+        texts: list[str] = []
+        with caplog.at_level(logging.ERROR, logger="goalkit.asgi"):
+            async with client(app) as http:
+
+                async def post() -> None:
+                    response = await http.post(
+                        "/api/v1/goals", json={"description": "x"}, headers=ALICE
+                    )
+                    statuses.append(response.status_code)
+                    texts.append(response.text)
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(3):
+                        tg.start_soon(post)
+                assert statuses == [500] * 3  # one attempt, its error for each waiter
+                assert all("internal_error" in text for text in texts)
+                assert not any("disk not mounted" in text for text in texts)  # logged only
+                await post()
+                assert statuses[-1] == 201
+        assert storage.opens == 2
+        assert "could not open the goal manager" in caplog.text
+        await app.close()
+        assert not manager.is_open
+
+    @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+    async def test_closing_a_manager_opened_on_request_drains_its_sinks(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """`app.close()` leaves the manager in the task and scope that entered it."""
+        sink = SlowSink()
+        manager = make_manager(sink)
+        app = goalkit.asgi.create_app(manager)
+        async with client(app) as http:
+            created = await http.post("/api/v1/goals", json={"description": "x"}, headers=ALICE)
+            goal = await manager.wait(created.json()["data"]["id"], timeout=5)
+        with caplog.at_level(logging.ERROR):
+            await app.close()  # raises what leaving the manager raised
+        assert not manager.is_open
+        assert [record.getMessage() for record in caplog.records] == []
+        assert sink.seen == [(goal.id, n) for n in range(1, goal.last_event_id + 1)]
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_a_manager_opened_on_request_is_left_when_the_event_loop_ends(
+        self, backend: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Nobody closes it: the loop's end leaves it without an error (trio: sinks drained)."""
+        sink = SlowSink()
+        manager = make_manager(sink)
+        app = goalkit.asgi.create_app(manager)
+
+        async def serve() -> int:
+            async with client(app) as http:
+                created = await http.post("/api/v1/goals", json={"description": "x"}, headers=ALICE)
+                goal = await manager.wait(created.json()["data"]["id"], timeout=5)
+            return goal.last_event_id
+
+        with caplog.at_level(logging.ERROR):
+            last = anyio.run(serve, backend=backend)
+        assert [record.getMessage() for record in caplog.records] == []
+        assert not manager.is_open
+        if backend == "trio":  # asyncio cancels every task at once: see docs/mounting.md
+            assert [n for _, n in sink.seen] == list(range(1, last + 1))
 
 
 async def _exercise_host(host: Any, manager: GoalManager) -> None:

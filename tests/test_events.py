@@ -7,8 +7,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from contextlib import aclosing
+from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 import goalkit
@@ -349,3 +352,133 @@ class TestSinks:
                 goal = await manager.wait((await manager.create("x", model="fake")).id)
         assert goal.status == "completed"
         assert stuck.events == []
+
+
+class CountedReads:
+    """A storage plugin serving ``counted+sqlite:///…``: SQLite, with its reads counted."""
+
+    PREFIX = "counted+sqlite:///"
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    @goalkit.hookimpl
+    def goalkit_storage(self, url: str) -> object | None:
+        from goalkit.storage.sqlite import SQLiteStorage
+
+        if not url.startswith(self.PREFIX):
+            return None
+        plugin = self
+        inner = SQLiteStorage(url.removeprefix(self.PREFIX))
+
+        class Counted:
+            def __getattr__(self, name: str) -> object:
+                attr = getattr(inner, name)
+                if name not in ("get_goal", "read_events"):
+                    return attr
+
+                async def counted(*args: object, **kwargs: object) -> object:
+                    plugin.reads += 1
+                    return await attr(*args, **kwargs)
+
+                return counted
+
+        return Counted()
+
+
+class Followers:
+    """`n` tasks each following a goal's events to the end, as SSE clients would."""
+
+    def __init__(self, manager: GoalManager, goal_id: str, n: int) -> None:
+        self.manager, self.goal_id, self.n = manager, goal_id, n
+        self.received: list[list[Event]] = [[] for _ in range(n)]
+        self.waiting = 0  # followers that have read up to the step that is running
+        self.all_waiting = anyio.Event()
+
+    async def follow(self, i: int) -> None:
+        async for event in self.manager.events(self.goal_id):
+            self.received[i].append(event)
+            if event.type == "goal.step_started" and len(self.received[i]) == 3:
+                self.waiting += 1
+                if self.waiting == self.n:
+                    self.all_waiting.set()
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        for i in range(self.n):
+            tg.start_soon(self.follow, i)
+
+
+class TestIdleStreams:
+    """Idle streams wait on the manager's notifications; they do not each poll storage."""
+
+    POLL = 0.02
+
+    async def test_streams_of_a_goal_driven_here_read_nothing_while_idle(
+        self, tmp_path: Path
+    ) -> None:
+        counter, provider = CountedReads(), GatedProvider(gated=[1])
+        url = f"{CountedReads.PREFIX}{tmp_path}/g.db"
+        async with GoalManager(
+            url, plugins=[counter, provider], entry_points=False, poll_interval=self.POLL
+        ) as manager:
+            goal = await manager.create(steps(1), model="gated")
+            followers = Followers(manager, goal.id, 20)
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    followers.start(tg)
+                    await followers.all_waiting.wait()
+                    counter.reads = 0
+                    await anyio.sleep(self.POLL * 10)
+                    # At most the one read each stream makes to find the end of the log,
+                    # however many polls went by.
+                    assert counter.reads <= followers.n
+                    provider.gates[goal.id, 1].set()
+        for received in followers.received:
+            assert [e.id for e in received] == list(range(1, 6))
+            assert [e.type for e in received][-2:] == ["goal.step_completed", "goal.completed"]
+
+    async def test_events_stored_by_another_process_arrive_with_one_read_per_goal(
+        self, tmp_path: Path
+    ) -> None:
+        """Manager A drives the goal; B's ten streams of it cost B one look per poll."""
+        counter, provider = CountedReads(), GatedProvider(gated=[1, 2])
+        url = f"{CountedReads.PREFIX}{tmp_path}/g.db"
+        options: dict[str, Any] = {"entry_points": False, "poll_interval": self.POLL}
+        async with GoalManager(url, plugins=[CountedReads(), provider], **options) as a:
+            goal = await a.create(steps(2), model="gated")
+            await provider.started[goal.id, 1].wait()
+            async with GoalManager(url, plugins=[counter, provider], **options) as b:
+                followers = Followers(b, goal.id, 10)
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as tg:
+                        followers.start(tg)
+                        await followers.all_waiting.wait()
+                        counter.reads = 0
+                        started = anyio.current_time()
+                        await anyio.sleep(self.POLL * 10)
+                        looks = (anyio.current_time() - started) / self.POLL
+                        # One look per poll for the goal, not one per stream (plus the read
+                        # each stream makes to find the end of the log).
+                        assert counter.reads <= followers.n + looks + 2
+                        provider.gates[goal.id, 1].set()
+                        provider.gates[goal.id, 2].set()
+                assert goal.id not in b.running
+        for received in followers.received:
+            assert [e.id for e in received] == list(range(1, 8))
+            assert [e.type for e in received][3:] == [
+                "goal.step_completed",
+                "goal.step_started",
+                "goal.step_completed",
+                "goal.completed",
+            ]
+
+    async def test_a_stream_open_when_the_manager_closes_raises(self) -> None:
+        provider = GatedProvider(gated=[1])
+        async with manager_for(provider) as manager:
+            goal = await manager.create(steps(1), model="gated")
+            stream = manager.events(goal.id)
+            assert (await stream.__anext__()).type == "goal.created"
+            await provider.started[goal.id, 1].wait()
+        with anyio.fail_after(5), pytest.raises(RuntimeError, match="GoalManager closed"):
+            async for _ in stream:
+                pass

@@ -92,6 +92,7 @@ class TestDocument:
                 "409",
                 "413",
                 "415",
+                "429",
                 "500",
             },
             ("get", "/api/v1/goals"): {"200", "400", "401", "403", "500"},
@@ -104,7 +105,9 @@ class TestDocument:
                 "401",
                 "403",
                 "404",
+                "429",
                 "500",
+                "503",
             },
         }
         for (method, path), statuses in expected.items():

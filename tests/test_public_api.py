@@ -55,6 +55,7 @@ class TestPublicNames:
             goalkit.Forbidden: 403,
             goalkit.GoalNotFound: 404,
             goalkit.GoalConflict: 409,
+            goalkit.LimitExceeded: 429,
         }
         for error, status in expected.items():
             assert issubclass(error, goalkit.GoalkitError)

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +330,8 @@ class TestGeneratedToken:
             (["--storage", "bogus://x"], "no storage plugin serves the URL 'bogus://x'"),
             (["-p", "no_such_goalkit_plugin"], "cannot import plugin module"),
             (["--port", "0"], "--port: must be from 1 to 65535"),
+            (["--max-streams", "-1"], "--max-streams: must be a whole number, 0 for no cap"),
+            (["--max-active-goals", "x"], "--max-active-goals: must be a whole number"),
         ],
     )
     def test_bad_arguments_exit_2(self, tmp_path: Path, args: list[str], message: str) -> None:
@@ -346,6 +347,24 @@ class TestGeneratedToken:
         assert message in done.stderr
         assert "admin token" not in done.stderr
 
+    def test_port_in_use_exits_1(self, tmp_path: Path, tokens_file: Path) -> None:
+        """A port another socket holds: exit 1 with a message, no traceback."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            args = ["--port", str(port), *server_args(tmp_path, tokens_file)]
+            done = subprocess.run(
+                [sys.executable, "-m", "goalkit", "serve", *args],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        assert done.returncode == 1, done.stderr
+        assert "the server did not start" in done.stderr
+        assert "Traceback" not in done.stderr
+
     def test_bad_tokens_file_exits_2(self, tmp_path: Path) -> None:
         """A tokens file that breaks a rule exits 2 naming the entry, not the token."""
         path = tmp_path / "tokens.toml"
@@ -360,6 +379,37 @@ class TestGeneratedToken:
         assert done.returncode == 2
         assert "line 2, entry 1 of [tokens]: missing 'user'" in done.stderr
         assert "sekrit-value" not in done.stderr
+
+
+class TestLimits:
+    """--max-active-goals and --max-streams set the per-user caps: past them, 429."""
+
+    def test_caps_from_the_command_line(self, tmp_path: Path, tokens_file: Path) -> None:
+        args = [
+            *server_args(tmp_path, tokens_file),
+            "--max-active-goals",
+            "1",
+            "--max-streams",
+            "1",
+        ]
+        server = Server(tmp_path, *args).start()
+        try:
+            with server.client(ALICE) as alice, server.client(BOB) as bob:
+                goal = create(alice, SIX_STEPS, model="scripted/5")
+                refused = alice.post("/api/v1/goals", json={"description": "one more"})
+                assert refused.status_code == 429, refused.text
+                assert refused.headers["Retry-After"] == "10"
+                assert refused.json()["error"]["code"] == "limit_exceeded"
+                create(bob, SIX_STEPS, model="scripted/5")  # bob has a cap of his own
+                path = f"/api/v1/goals/{goal['id']}/events"
+                with alice.stream("GET", path) as first:
+                    assert first.status_code == 200
+                    second = alice.get(path)
+                    assert second.status_code == 429, second.text
+                    assert second.headers["Retry-After"] == "3"
+        finally:
+            code, _ = server.stop()
+        assert code == 0, server.stderr
 
 
 class TestShutdown:
@@ -406,8 +456,12 @@ class TestShutdown:
         started = [e["data"]["data"]["step"] for e in events if e["event"] == "goal.step_started"]
         assert started.count(1) == 1  # step 1 had completed: it did not run again
 
-    def test_open_stream_does_not_hold_shutdown(self, tmp_path: Path, tokens_file: Path) -> None:
-        """With an SSE client connected, SIGTERM still exits 0, within the shutdown timeout."""
+    def test_open_stream_ends_cleanly_at_shutdown(self, tmp_path: Path, tokens_file: Path) -> None:
+        """With an SSE client connected, SIGTERM ends the stream cleanly and exits 0 at once.
+
+        The stream gets its final empty chunk (a complete response, not a cut connection),
+        so the client reads it to its end without an error and reconnects from its last id.
+        """
         server = Server(tmp_path, *server_args(tmp_path, tokens_file)).start()
         try:
             with server.client(ALICE) as alice:
@@ -415,16 +469,17 @@ class TestShutdown:
                 with alice.stream("GET", f"/api/v1/goals/{goal['id']}/events") as response:
                     events = sse(response)
                     assert next(events)["event"] == "goal.created"
-                    code, took = server.stop(signal.SIGTERM, timeout=SHUTDOWN_TIMEOUT + 10)
-                    with suppress(httpx.HTTPError):  # cut, or ended cleanly: either is fine
-                        for _ in events:
-                            pass
+                    server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                    rest = list(events)  # raises if the response was cut, not ended
+                code = server.proc.wait(timeout=SHUTDOWN_TIMEOUT + 10)  # type: ignore[union-attr]
         finally:
             server.kill()
         assert code == 0, server.stderr
-        # The stream was ended at once (drain), not cut when the grace period ran out.
-        assert "Exception in ASGI application" not in server.stderr
-        assert took < SHUTDOWN_TIMEOUT
+        assert all(event["event"] != "goal.completed" for event in rest)
+        # Ended by the drain, not cut when the grace period ran out.
+        assert "returned without completing response" not in server.stderr, server.stderr
+        assert "Exception in ASGI application" not in server.stderr, server.stderr
+        assert "timeout graceful shutdown exceeded" not in server.stderr, server.stderr
 
 
 class TestLiveOutput:

@@ -43,7 +43,10 @@ def serve(tmp_path: Path) -> Iterator[Server]:
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(textwrap.dedent(TOKENS), encoding="utf-8")
     tokens.chmod(0o600)
-    server = Server(tmp_path, *server_args(tmp_path, tokens))
+    # Load, not limits, is tested here: one user creates hundreds of goals and streams.
+    server = Server(
+        tmp_path, *server_args(tmp_path, tokens), "--max-active-goals", "0", "--max-streams", "0"
+    )
     yield server
     server.kill()
 

@@ -43,13 +43,14 @@ def create_app(
     sse_retry_ms: int = 3000,
     send_timeout: float | None = 60.0,
     body_timeout: float = 10.0,
+    max_streams_per_user: int | None = 10,
 ) -> GoalkitApp:
     """Return the HTTP API of `manager` as an ASGI 3 application.
 
     Served alone, the app opens and closes the manager through the ASGI lifespan. Mounted in
     a host (which does not forward lifespan), give the host ``lifespan=lifespan(manager)``;
-    failing that, the first request opens the manager and it stays open until the event loop
-    ends.
+    failing that, the first request opens the manager and it stays open until
+    ``await app.close()`` or the end of the event loop (see docs/mounting.md).
 
     :param manager: the `GoalManager` to serve; the app uses its public methods only.
     :param authenticate: resolves a bearer token to a `goalkit.Principal` or None (unknown
@@ -66,6 +67,8 @@ def create_app(
     :param body_timeout: seconds a request body may take to arrive in full; a slower one
         is refused with 408 ``request_timeout`` (a client trickling a body cannot hold a
         request open).
+    :param max_streams_per_user: how many event streams one user may hold open at once;
+        one more is refused with 429 and ``Retry-After`` (None: no cap).
     """
     return GoalkitApp(
         manager,
@@ -75,4 +78,5 @@ def create_app(
         sse_retry_ms=sse_retry_ms,
         send_timeout=send_timeout,
         body_timeout=body_timeout,
+        max_streams_per_user=max_streams_per_user,
     )

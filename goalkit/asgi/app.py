@@ -33,14 +33,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 from urllib.parse import quote
 
-import anyio
-
 from goalkit import (
     Forbidden,
     Goal,
     GoalkitError,
     GoalManager,
     InvalidGoal,
+    LimitExceeded,
     NotAuthenticated,
     Principal,
 )
@@ -61,7 +60,7 @@ from goalkit.asgi.http import (
 )
 from goalkit.asgi.lifespan import Opener
 from goalkit.asgi.routes import ROUTES, Operation
-from goalkit.asgi.sse import send_event_stream
+from goalkit.asgi.sse import OpenStreams, send_event_stream
 from goalkit.auth import TOKEN_SYNTAX
 
 __all__ = ["Authenticate", "GoalkitApp"]
@@ -120,6 +119,7 @@ class GoalkitApp:
         sse_retry_ms: int = 3000,
         send_timeout: float | None = 60.0,
         body_timeout: float = 10.0,
+        max_streams_per_user: int | None = 10,
     ) -> None:
         if not keepalive > 0:
             raise ValueError("keepalive must be a positive number of seconds")
@@ -131,6 +131,12 @@ class GoalkitApp:
             raise ValueError("send_timeout must be positive or None")
         if isinstance(body_timeout, bool) or not body_timeout > 0:
             raise ValueError("body_timeout must be a positive number of seconds")
+        if max_streams_per_user is not None and (
+            isinstance(max_streams_per_user, bool)
+            or not isinstance(max_streams_per_user, int)
+            or max_streams_per_user < 1
+        ):
+            raise ValueError("max_streams_per_user must be a positive integer or None")
         self.manager = manager
         self.keepalive = keepalive
         self.max_body = max_body
@@ -139,7 +145,10 @@ class GoalkitApp:
         self.body_timeout = body_timeout
         self._authenticate = authenticate
         self._opener = Opener(manager)
-        self._open_streams: set[anyio.CancelScope] = set()
+        # Refused streams (429, 503) are told to come back after the SSE reconnection delay.
+        self._streams = OpenStreams(
+            max_per_user=max_streams_per_user, retry_after=max(1, -(-sse_retry_ms // 1000))
+        )
         self._document = json_bytes(openapi.document())
         self._handlers: dict[str, Handler] = {
             "listGoals": self._list,
@@ -153,15 +162,18 @@ class GoalkitApp:
         """End every open event stream now, e.g. when the server begins to shut down.
 
         Servers wait for open responses before they stop; an SSE response would otherwise
-        hold the shutdown for its whole grace period. Clients reconnect with their last id.
+        hold the shutdown for its whole grace period. Each stream ends cleanly (its final
+        empty body is sent) and clients reconnect with their last id; from now on a new
+        stream is refused with 503 and ``Retry-After``.
         """
-        for scope in list(self._open_streams):
-            scope.cancel()
+        self._streams.drain()
 
     async def close(self) -> None:
         """Leave the manager if the app opened it on a first request (else do nothing).
 
-        Only needed to stop such a manager before the event loop ends, e.g. in a test.
+        A host that gives no `lifespan` awaits this in its shutdown, so that the manager is
+        left cleanly (event sinks drained) before the event loop ends; raises what leaving
+        the manager raised.
         """
         await self._opener.close()
 
@@ -395,18 +407,21 @@ class GoalkitApp:
         goal = await self._goal(principal, params["goal_id"])
         if goal.done and after >= goal.last_event_id:
             # Nothing will ever come: 204 is what tells a browser's EventSource to stop.
-            await send({"type": "http.response.start", "status": 204, "headers": []})
+            # no-store: a cached 204 would stop a client that reconnects with an older id.
+            headers = [(b"cache-control", b"no-store")]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        await send_event_stream(
-            send,
-            request.receive,
-            self.manager.events(goal.id, after=after),
-            retry_ms=self.sse_retry_ms,
-            keepalive=self.keepalive,
-            send_timeout=self.send_timeout,
-            open_streams=self._open_streams,
-        )
+        with self._streams.admit(principal.user):
+            await send_event_stream(
+                send,
+                request.receive,
+                self.manager.events(goal.id, after=after),
+                retry_ms=self.sse_retry_ms,
+                keepalive=self.keepalive,
+                send_timeout=self.send_timeout,
+                streams=self._streams,
+            )
 
 
 # -- request checks -------------------------------------------------------------------------------
@@ -453,6 +468,8 @@ def _parameters(request: Request, operation: Operation) -> dict[str, Any]:
             text = request.query.get(param.name)
         else:
             text = request.header(param.name)
+            if text == "" and param.name == "Last-Event-ID":
+                text = None  # an empty one is no id at all (EventSource never sends one)
         values[param.name] = param.default if text is None else param.kind.parse(param.name, text)
     return values
 
@@ -514,6 +531,8 @@ def _from_goalkit(exc: GoalkitError, request: Request) -> HTTPError:
         log.error("%s", message if request.token is None else scrub(message, request.token))
         return _internal()
     headers = _CHALLENGE if exc.status == 401 else None
+    if isinstance(exc, LimitExceeded):
+        headers = {"retry-after": str(exc.retry_after)}
     field = exc.field if isinstance(exc, InvalidGoal) else None
     return HTTPError(exc.status, exc.code, exc.message, field=field, headers=headers)
 

@@ -8,9 +8,18 @@ host enters the manager in its own lifespan with the one-liner `lifespan`:
 
 When a request arrives and the manager is still not open, `Opener` opens it. The request's
 own task cannot hold it open (an anyio task group cannot outlive the task that entered it),
-so the manager is entered in a task of the event loop itself, an asyncio task (held by a
-strong reference) or a trio system task, which keeps it open until the event loop shuts down
-and cancels it; the manager is then left cleanly.
+so it is held by a task of the event loop itself (an asyncio task, held by a strong
+reference, or a trio system task) that enters the manager, waits, and leaves it, all in one
+shielded cancel scope: the manager's task groups are left in the scope they were entered in,
+and its exit (sinks drained, leases released, storage closed) runs to the end. A second task
+waits for the same stop signal; being unshielded, it is the one the event loop's end cancels,
+and it passes the stop on.
+
+The manager is left when `Opener.close` (``GoalkitApp.close``) is awaited or, failing that,
+when the event loop ends. At the loop's end trio cancels through scopes, which the shield
+holds off, so the exit is as clean as `close`; asyncio cancels every task of the loop at once,
+event sinks included, so events still queued for a sink may not reach it. Hence the advice:
+give the host the lifespan, or await ``app.close()`` in its shutdown.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -71,74 +81,92 @@ def lifespan(manager: GoalManager) -> ManagerLifespan:
     return ManagerLifespan(manager)
 
 
+class _Opening:
+    """One attempt at opening the manager on request, and the signals around it."""
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()  # open, or opening failed
+        self.stop = anyio.Event()  # leave the manager
+        self.closed = anyio.Event()  # left (or never opened)
+        self.error: BaseException | None = None  # what opening raised
+
+
 class Opener:
     """Opens the manager on the first request that finds it closed, exactly once."""
 
     def __init__(self, manager: GoalManager) -> None:
         self.manager = manager
-        self._ready: anyio.Event | None = None
-        self._error: BaseException | None = None
-        self._task: asyncio.Task[None] | None = None  # a strong reference: see module doc
-        self._stop: anyio.Event | None = None
-        self._closed: anyio.Event | None = None
+        self._opening: _Opening | None = None
+        self._failure: BaseException | None = None  # what leaving raised
+        self._tasks: list[asyncio.Task[None]] = []  # strong references: see module doc
 
     async def ensure_open(self) -> None:
         """Return once the manager is open; raise what opening it raised."""
         if self.manager.is_open:
             return
-        ready = self._ready
-        if ready is None:
+        opening = self._opening
+        if opening is None:
             # No await between the test and the assignment: on one event loop this is the
             # lock that lets exactly one request start the manager; the others wait below.
-            ready = self._ready = anyio.Event()
-            self._error = None
-            self._stop, self._closed = anyio.Event(), anyio.Event()
-            self._spawn(self._keep_open, ready)
-        await ready.wait()
-        if self._error is not None:
-            raise self._error
+            opening = self._opening = _Opening()
+            self._spawn(partial(self._hold, opening), partial(self._await_end, opening))
+        await opening.ready.wait()
+        if opening.error is not None:
+            raise opening.error
 
-    def _spawn(
-        self,
-        func: Callable[[anyio.Event], Coroutine[Any, Any, None]],
-        ready: anyio.Event,
-    ) -> None:
+    async def close(self) -> None:
+        """Leave the manager if this opener opened it (else do nothing); wait until it is.
+
+        Raises what leaving the manager raised.
+        """
+        opening = self._opening
+        if opening is not None:
+            opening.stop.set()
+            await opening.closed.wait()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _spawn(self, *tasks: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is not None:
-            self._task = loop.create_task(func(ready), name="goalkit manager")
+            self._tasks = [loop.create_task(task(), name="goalkit manager") for task in tasks]
             return
         import trio  # not asyncio: the other backend anyio runs on
 
-        trio.lowlevel.spawn_system_task(func, ready, name="goalkit manager")
+        for task in tasks:
+            trio.lowlevel.spawn_system_task(task, name="goalkit manager")
 
-    async def close(self) -> None:
-        """Leave the manager if this opener opened it (else do nothing); wait until it is."""
-        stop, closed = self._stop, self._closed
-        if stop is not None and closed is not None:
-            stop.set()
-            await closed.wait()
-
-    async def _keep_open(self, ready: anyio.Event) -> None:
-        stop, closed = self._stop, self._closed
-        assert stop is not None and closed is not None
+    async def _hold(self, opening: _Opening) -> None:
+        # The manager is entered and left in this one task and scope, so its task groups are
+        # left in the scope they were entered in. Shielded, so that its exit (sinks drained,
+        # leases released, storage closed) is not cut short when the event loop ends.
         try:
-            try:
-                await self.manager.__aenter__()
-            except Exception as exc:
+            with anyio.CancelScope(shield=True):
+                async with self.manager:
+                    opening.ready.set()
+                    await opening.stop.wait()
+        except Exception as exc:
+            if opening.ready.is_set():
+                log.exception("the goal manager did not close cleanly")
+                self._failure = exc
+            else:
                 log.exception("could not open the goal manager")
-                self._error, self._ready = exc, None  # the next request tries again
-                self._stop = self._closed = None
-                ready.set()
-                return
-            ready.set()
-            try:
-                await stop.wait()  # or until the event loop ends and cancels this task
-            finally:
-                self._ready = self._stop = self._closed = None
-                with anyio.CancelScope(shield=True):
-                    await self.manager.__aexit__(None, None, None)
+                opening.error = exc  # its waiters raise it; the next request tries again
         finally:
-            closed.set()
+            if self._opening is opening:
+                self._opening = None
+            opening.ready.set()
+            opening.stop.set()
+            opening.closed.set()
+
+    async def _await_end(self, opening: _Opening) -> None:
+        # The shielded holder cannot see the event loop end; this task can: the loop
+        # cancels it, and it tells the holder to leave the manager.
+        try:
+            await opening.stop.wait()
+        finally:
+            opening.stop.set()

@@ -91,6 +91,12 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     return response
 
 
+_RETRY_AFTER = {
+    "required": True,
+    "description": "Seconds to wait before trying again.",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+
 _ERRORS: dict[str, dict[str, Any]] = {
     "400": _error("Bad JSON, a bad field or a bad query value; `error.field` names it."),
     "401": _error(
@@ -109,6 +115,14 @@ _ERRORS: dict[str, dict[str, Any]] = {
     "409": _error("The goal's state (or an earlier request) forbids this."),
     "413": _error("The request body exceeds the server's limit (64 KiB by default)."),
     "415": _error("The request body is not `application/json`."),
+    "429": _error(
+        "A per-user limit was reached: active goals (POST) or open event streams (GET …/events).",
+        {"Retry-After": _RETRY_AFTER},
+    ),
+    "503": _error(
+        "The server is shutting down; reconnect with your last event id.",
+        {"Retry-After": _RETRY_AFTER},
+    ),
     "500": _error("The server failed; the message is generic and the cause is logged."),
 }
 
@@ -297,6 +311,8 @@ def _schemas() -> dict[str, Any]:
                                 "payload_too_large",
                                 "request_timeout",
                                 "unsupported_media_type",
+                                "limit_exceeded",
+                                "unavailable",
                                 "internal_error",
                             ],
                         },
@@ -347,7 +363,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                         "GoalEvents": {"operationId": "goalEvents", "parameters": by_id},
                     },
                 ),
-                **_errors("400", "401", "403", "408", "409", "413", "415"),
+                **_errors("400", "401", "403", "408", "409", "413", "415", "429"),
             },
         },
         "listGoals": {
@@ -394,8 +410,11 @@ def _operations() -> dict[str, dict[str, Any]]:
                         }
                     },
                 },
-                "204": {"description": "The goal has ended and nothing is after that id."},
-                **_errors("400", "401", "403", "404"),
+                "204": {
+                    "description": "The goal has ended and nothing is after that id.",
+                    "headers": {"Cache-Control": {"schema": {"const": "no-store"}}},
+                },
+                **_errors("400", "401", "403", "404", "429", "503"),
             },
         },
         "openapi": {

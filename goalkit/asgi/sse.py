@@ -6,6 +6,12 @@ and a watcher that reads the request channel until ``http.disconnect``. Whicheve
 first cancels the other, and the `EventStream` is closed on the way out, so a client that goes
 away leaves no task and no subscription behind.
 
+`OpenStreams` is the app's register of the streams it serves: it caps them per user (429)
+and ends them all when the server shuts down (`OpenStreams.drain`). Draining cancels only the
+producer's wait for the next event, never a write, so each stream then ends as it does after
+a terminal event: with the final empty body, a complete response the client can reconnect
+from. New streams are refused with 503 while draining.
+
 Deliberate divergences from sse-starlette: no ping task of its own (the keep-alive is the
 producer's own timeout, so there is one task fewer per client and nothing to synchronise);
 each write has a deadline (`send_timeout`), so a client that stops reading but keeps the
@@ -13,18 +19,18 @@ connection open is dropped like one that disconnected, instead of holding a task
 error after the headers went out ends the stream quietly (it is logged) because the status
 line can no longer change.
 """
-
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import anyio
 
-from goalkit import Event, EventStream
-from goalkit.asgi.http import Receive, Send, json_bytes
+from goalkit import Event, EventStream, LimitExceeded
+from goalkit.asgi.http import HTTPError, Receive, Send, json_bytes
 
-__all__ = ["KEEPALIVE", "send_event_stream"]
+__all__ = ["KEEPALIVE", "OpenStreams", "send_event_stream"]
 
 log = logging.getLogger("goalkit.asgi")
 
@@ -38,6 +44,71 @@ HEADERS = [
 
 class _Gone(Exception):
     """The client cannot be written to any more (disconnected, or stopped reading)."""
+
+
+class OpenStreams:
+    """The event streams an app serves: at most `max_per_user` per user, all ended by `drain`.
+
+    :param max_per_user: how many streams one user may hold open at once (None: no cap).
+    :param retry_after: the seconds a refused client is told to wait (``Retry-After``).
+    """
+
+    def __init__(self, *, max_per_user: int | None, retry_after: int) -> None:
+        self.max_per_user = max_per_user
+        self.retry_after = retry_after
+        self.draining = False
+        self._per_user: dict[str, int] = {}
+        self._waits: set[anyio.CancelScope] = set()
+
+    def __len__(self) -> int:
+        return sum(self._per_user.values())
+
+    def drain(self) -> None:
+        """End every open stream cleanly, and refuse new ones from now on."""
+        self.draining = True
+        for scope in list(self._waits):
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def admit(self, user: str) -> Iterator[None]:
+        """Hold one of `user`'s places for the block; 503 while draining, 429 past the cap."""
+        headers = {"retry-after": str(self.retry_after)}
+        if self.draining:
+            raise HTTPError(
+                503,
+                "unavailable",
+                "the server is shutting down; reconnect with your last event id shortly",
+                headers=headers,
+            )
+        held = self._per_user.get(user, 0)
+        if self.max_per_user is not None and held >= self.max_per_user:
+            raise HTTPError(
+                429,
+                LimitExceeded.code,
+                f"at most {self.max_per_user} event streams may be open per user; "
+                "close one first",
+                headers=headers,
+            )
+        self._per_user[user] = held + 1
+        try:
+            yield
+        finally:
+            if self._per_user[user] == 1:
+                del self._per_user[user]
+            else:
+                self._per_user[user] -= 1
+
+    @contextlib.contextmanager
+    def wait(self, seconds: float) -> Iterator[None]:
+        """A wait of at most `seconds` for the block, which `drain` ends at once."""
+        with anyio.move_on_after(seconds) as scope:
+            if self.draining:
+                scope.cancel()
+            self._waits.add(scope)
+            try:
+                yield
+            finally:
+                self._waits.discard(scope)
 
 
 def format_event(event: Event) -> bytes:
@@ -60,23 +131,21 @@ async def send_event_stream(
     retry_ms: int,
     keepalive: float,
     send_timeout: float | None,
-    open_streams: set[anyio.CancelScope],
+    streams: OpenStreams,
 ) -> None:
-    """Answer 200 with `stream`'s events until its terminal event or the client leaves.
+    """Answer 200 with `stream`'s events until its terminal event, a drain, or the client leaves.
 
     :param retry_ms: the reconnection delay sent to the client in the first ``retry:`` line.
     :param keepalive: seconds without an event after which a ``: keep-alive`` comment is sent.
     :param send_timeout: seconds one write may take before the client is dropped.
-    :param open_streams: where the stream registers its scope while it runs, so that a server
-        shutting down can end every stream at once (clients reconnect with their last id).
+    :param streams: the app's open streams, whose `OpenStreams.drain` ends this one cleanly
+        (clients reconnect with their last id).
     """
     async with stream, anyio.create_task_group() as race:
-        open_streams.add(race.cancel_scope)
         race.start_soon(_watch_disconnect, receive, race.cancel_scope)
         try:
-            await _produce(send, stream, retry_ms, keepalive, send_timeout)
+            await _produce(send, stream, retry_ms, keepalive, send_timeout, streams)
         finally:
-            open_streams.discard(race.cancel_scope)
             race.cancel_scope.cancel()
 
 
@@ -90,7 +159,12 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
 
 
 async def _produce(
-    send: Send, stream: EventStream, retry_ms: int, keepalive: float, send_timeout: float | None
+    send: Send,
+    stream: EventStream,
+    retry_ms: int,
+    keepalive: float,
+    send_timeout: float | None,
+    streams: OpenStreams,
 ) -> None:
     async def write(body: bytes, *, more: bool = True) -> None:
         try:
@@ -106,12 +180,15 @@ async def _produce(
         except Exception as exc:
             raise _Gone from exc
         await write(f"retry: {retry_ms}\n\n".encode())
-        while True:
+        while not streams.draining:
             event: Event | None = None
-            with anyio.move_on_after(keepalive):
+            with streams.wait(keepalive):
                 # Cancelling this wait loses nothing: the stream re-reads by event number.
                 event = await stream.__anext__()
-            await write(KEEPALIVE if event is None else format_event(event))
+            if event is not None:
+                await write(format_event(event))
+            elif not streams.draining:
+                await write(KEEPALIVE)
     except StopAsyncIteration:
         pass
     except _Gone:
