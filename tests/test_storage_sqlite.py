@@ -470,6 +470,107 @@ class TestConcurrency:
             await store.get_goal("goal-x")
 
 
+class TestGroupCommit:
+    """Concurrent writes share transactions, and each keeps its own fences and errors."""
+
+    async def test_concurrent_commits_share_transactions(
+        self, db_path: Path, traced: list[tuple[int, str]]
+    ) -> None:
+        """Fifty goals committing at once take far fewer than fifty transactions."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            goals = [await start(store, lease="m1") for _ in range(50)]
+            traced.clear()
+            async with anyio.create_task_group() as tg:
+                for goal in goals:
+                    tg.start_soon(
+                        store.commit,
+                        transitions.step_started(goal, goal.steps[0], NOW, lease="m1"),
+                    )
+            for goal in goals:
+                assert [e.id for e in await store.read_events(goal.id)] == [1, 2, 3]
+        finally:
+            await store.close()
+        begins = [sql for _, sql in traced if sql == "BEGIN IMMEDIATE"]
+        assert 1 <= len(begins) < 25
+
+    async def test_refused_write_does_not_fail_its_batch(self, store: SQLiteStorage) -> None:
+        """Fenced-off and unserialisable writes raise alone; the others in the batch commit."""
+        goals = [await start(store, lease="m1") for _ in range(30)]
+        outcome: dict[str, str] = {}
+
+        async def write(i: int, goal: Goal) -> None:
+            step = goal.steps[0]
+            if i % 3 == 1:
+                transition = transitions.step_started(goal, step, NOW, lease="someone-else")
+            elif i % 3 == 2:
+                transition = transitions.step_completed(goal, step, object(), NOW, lease="m1")
+            else:
+                transition = transitions.step_started(goal, step, NOW, lease="m1")
+            try:
+                await store.commit(transition)
+            except GoalkitError as exc:
+                outcome[goal.id] = type(exc).__name__
+            else:
+                outcome[goal.id] = "ok"
+
+        async with anyio.create_task_group() as tg:
+            for i, goal in enumerate(goals):
+                tg.start_soon(write, i, goal)
+        for i, goal in enumerate(goals):
+            expected = ["ok", "LeaseLost", "StorageError"][i % 3]
+            assert outcome[goal.id] == expected
+            stored = await store.get_goal(goal.id)
+            events = [e.id for e in await store.read_events(goal.id)]
+            if expected == "ok":
+                assert events == [1, 2, 3]
+                assert stored is not None and stored.steps[0].status == "running"
+            else:
+                assert events == [1, 2]
+                assert stored == goal
+
+    async def test_reads_do_not_wait_for_a_blocked_writer(
+        self, db_path: Path, raw: sqlite3.Connection
+    ) -> None:
+        """While another connection holds the write lock, reads still answer at once."""
+        store = SQLiteStorage(db_path, busy_timeout=30)
+        await store.open()
+        try:
+            goal = await start(store)
+            committed = anyio.Event()
+
+            async def commit() -> None:
+                await store.commit(transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+                committed.set()
+
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(commit)
+                    await anyio.wait_all_tasks_blocked()
+                    assert await store.get_goal(goal.id) == goal
+                    assert len(await store.read_events(goal.id)) == 2
+                    assert (await store.list_goals()).total == 1
+                    assert not committed.is_set()  # the write is still waiting for the lock
+                    raw.execute("ROLLBACK")
+            finally:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+            assert committed.is_set()
+            assert len(await store.read_events(goal.id)) == 3
+        finally:
+            await store.close()
+
+    async def test_write_after_close_is_refused(self, db_path: Path) -> None:
+        """A write to a closed store is a StorageError, not a hang."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        await store.close()
+        with pytest.raises(StorageError, match="not open"):
+            await store.create_goal(transitions.create(new_goal()))
+
+
 class TestAgreesWithMemory:
     async def test_same_operations_same_results(self, store: SQLiteStorage) -> None:
         """The same sequence of writes reads back equal from SQLite and from memory."""
