@@ -587,8 +587,7 @@ class SQLiteStorage:
         def work(conn: sqlite3.Connection) -> Event:
             if idempotency_key is not None:
                 earlier = conn.execute(
-                    "SELECT goal_id, fingerprint FROM idempotency_keys "
-                    "WHERE owner = ? AND key = ?",
+                    "SELECT goal_id, fingerprint FROM idempotency_keys WHERE owner = ? AND key = ?",
                     (goal.owner, idempotency_key),
                 ).fetchone()
                 if earlier is not None:
