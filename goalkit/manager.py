@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 import pluggy
 from anyio.abc import TaskGroup
@@ -334,7 +335,7 @@ class GoalManager:
     def _lock(self, goal_id: str) -> anyio.Lock:
         lock = self._locks.get(goal_id)
         if lock is None:
-            lock = self._locks[goal_id] = anyio.Lock()
+            lock = self._locks[goal_id] = anyio.Lock(fast_acquire=True)
         return lock
 
     async def _commit(self, transition: transitions.Transition) -> Event | None:
@@ -346,6 +347,9 @@ class GoalManager:
         # Every write goes through here: stored first, then published. The per-goal lock keeps
         # publication in event order when a cancel and the coordinator commit to one goal at
         # once; the shield keeps a write that reached storage from going unpublished.
+        # A cancelled caller stops here, before its write; the lock itself (fast_acquire)
+        # costs no trip through the event loop when nobody else holds it.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         async with self._lock(goal_id):
             with anyio.CancelScope(shield=True):
                 event = await write()

@@ -33,6 +33,7 @@ Deliberate design choices:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -40,8 +41,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import parse_qs
 
 import anyio
@@ -300,6 +302,24 @@ def _wake(batch: list[_Write]) -> None:
         op.done.set()
 
 
+def _call_soon_threadsafe() -> Callable[[Callable[[], None]], None]:
+    """How another thread schedules a callback on this event loop without waiting for it.
+
+    The writer thread must not stall until the loop has run its wake-up (it would sit idle
+    while the loop runs coordinators); asyncio and trio both offer a fire-and-forget
+    call, which anyio does not wrap, so it is picked here. Other loops fall back to
+    `anyio.from_thread.run_sync`, which waits.
+    """
+    token = anyio.lowlevel.current_token()
+    native = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return cast(Callable[[Callable[[], None]], None], native.call_soon_threadsafe)
+    run_sync_soon = getattr(native, "run_sync_soon", None)  # a trio.lowlevel.TrioToken
+    if callable(run_sync_soon):
+        return cast(Callable[[Callable[[], None]], None], run_sync_soon)
+    return partial(anyio.from_thread.run_sync, token=token)
+
+
 def _storage_error(path: str, exc: sqlite3.Error, busy_timeout: float) -> StorageError:
     message = str(exc)
     if "locked" in message or "busy" in message:
@@ -399,7 +419,9 @@ class SQLiteStorage:
         result: T = op.result
         return result
 
-    def _write_loop(self, conn: sqlite3.Connection, token: anyio.lowlevel.EventLoopToken) -> None:
+    def _write_loop(
+        self, conn: sqlite3.Connection, call_soon: Callable[[Callable[[], None]], None]
+    ) -> None:
         """The writer thread: commit whatever is queued as one transaction, wake, repeat."""
         while True:
             with self._ready:
@@ -414,7 +436,7 @@ class SQLiteStorage:
             if batch:
                 self._commit_batch(conn, batch)
                 with suppress(Exception):  # the event loop is gone: nobody is waiting
-                    anyio.from_thread.run_sync(_wake, batch, token=token)
+                    call_soon(partial(_wake, batch))
             if stop:
                 return
 
@@ -539,7 +561,7 @@ class SQLiteStorage:
         self._queue.clear()
         self._writer = threading.Thread(
             target=self._write_loop,
-            args=(self._db.conn, anyio.lowlevel.current_token()),
+            args=(self._db.conn, _call_soon_threadsafe()),
             name=f"goalkit writer {self.path}",
             daemon=True,  # a loop that ends without close() must not hang the process
         )
