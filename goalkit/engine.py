@@ -171,12 +171,19 @@ class EventStream:
     """
 
     def __init__(
-        self, storage: Storage, bus: EventBus, goal_id: str, after: int, poll_interval: float
+        self,
+        storage: Storage,
+        bus: EventBus,
+        goal_id: str,
+        after: int | None,
+        poll_interval: float,
     ) -> None:
         self._storage = storage
         self._bus = bus
         self._goal_id = goal_id
-        self._last = after
+        # None: from the goal's newest event when the stream first looks (`GoalManager.wait`).
+        self._from_now = after is None
+        self._last = after or 0
         self._poll = poll_interval
         self._goal: Goal | None = None
         self._inbox: Inbox | None = None
@@ -218,14 +225,34 @@ class EventStream:
             self.close()
         return event
 
-    async def _fill(self) -> None:
-        if self._goal is None:
+    async def look(self) -> None:
+        """Subscribe and read the goal once (the stream's first step; idempotent).
+
+        Raises `GoalNotFound` for an unknown goal; ends the stream at once when the goal has
+        ended and the stream started from its newest event.
+        """
+        if self._goal is None and not self._ended:
+            # Subscribe before the first read, so nothing published after it is missed: an
+            # event the read does not show arrives in the inbox (or, from another process,
+            # by the quiet-poll read below).
+            self._inbox = self._bus.subscribe(self._goal_id)
             self._goal = await self._storage.get_goal(self._goal_id, steps=False)
             if self._goal is None:
                 self.close()
                 raise GoalNotFound(self._goal_id)
-            # Subscribe before the first read, so nothing published in between is missed.
-            self._inbox = self._bus.subscribe(self._goal_id)
+            if self._from_now:
+                self._last = self._goal.last_event_id
+                if self._goal.done:
+                    self.close()
+                    return
+            # Nothing stored after `after` yet: skip the read, live events follow on.
+            self._read_storage = self._goal.last_event_id > self._last or self._goal.done
+
+    async def _fill(self) -> None:
+        await self.look()
+        if self._ended:
+            return
+        assert self._goal is not None
         if self._read_storage:
             batch = await self._storage.read_events(self._goal_id, after=self._last)
             if batch:

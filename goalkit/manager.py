@@ -521,11 +521,13 @@ class GoalManager:
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""
-        goal = await self.get(goal_id)
-        if goal.done:
-            return goal
-        with anyio.fail_after(timeout):
-            async with self.events(goal.id, after=goal.last_event_id) as stream:
+        # From the goal's newest event on; a goal that has ended ends the stream at once,
+        # before the timeout starts (so even `timeout=0` returns an ended goal).
+        async with EventStream(
+            self.storage, self._bus, _goal_id(goal_id), None, self.poll_interval
+        ) as stream:
+            await stream.look()
+            with anyio.fail_after(timeout):
                 async for _ in stream:
                     pass
         return await self.get(goal_id)
