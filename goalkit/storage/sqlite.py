@@ -5,7 +5,7 @@ Deliberate design choices:
 * Group commit. All writes go to one writer thread that owns the write connection: it takes
   every write queued since its last commit (up to `MAX_BATCH`), applies each in its own
   ``SAVEPOINT`` inside one ``BEGIN IMMEDIATE … COMMIT``, and only after that commit wakes the
-  callers (one cross-thread wake-up per batch, not one thread hop per call). A write refused by
+  callers: one cross-thread wake-up per batch, not a thread hop per call. A write refused by
   its fence (`LeaseLost`, `GoalConflict`, `GoalNotFound`) or by bad data is rolled back to its
   savepoint and raises in its own caller; the rest of the batch commits. Since writes run one
   after another inside the transaction, each sees the ones before it: event numbers stay
@@ -14,9 +14,11 @@ Deliberate design choices:
   waits for the batch, so a transaction is never split.
 * The write lock is taken with ``BEGIN IMMEDIATE`` *before* the fences are read, so two
   managers sharing the file cannot interleave between the lease check and the write.
-* Reads run on a second connection in a worker thread (`anyio.to_thread.run_sync`, one at a
-  time), so they never queue behind writes: in WAL mode a reader sees the last commit and
-  does not wait for the writer. Neither connection is ever used by the event loop's thread.
+* Reads run on a second connection owned by a reader thread, batched the same way (each read
+  its own read transaction), so they never queue behind writes: in WAL mode a reader sees
+  the last commit and does not wait for the writer. The event loop's thread never touches a
+  connection. Each thread is woken once per pass of the event loop and wakes its callers
+  without waiting for the loop (a fire-and-forget call on asyncio and trio).
 * WAL journal, ``busy_timeout`` 5 s, ``synchronous=NORMAL`` by default: a process crash
   (``kill -9``) loses nothing committed; a power cut or OS crash may lose the newest commits
   (never corrupt the file). ``sqlite:///path.db?synchronous=FULL`` syncs the WAL on every
@@ -63,6 +65,7 @@ __all__ = ["MIGRATIONS", "SQLiteStorage"]
 
 T = TypeVar("T")
 Synchronous = Literal["NORMAL", "FULL"]
+Schedule = Callable[[Callable[[], None]], None]
 
 BUSY_TIMEOUT = 5.0
 """Seconds a write waits for another connection's write lock before failing."""
@@ -297,27 +300,31 @@ def _transaction(conn: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[
         raise
 
 
-def _wake(batch: list[_Write]) -> None:
-    for op in batch:
-        op.done.set()
+def _call_soon_threadsafe() -> tuple[Schedule, Schedule]:
+    """How to schedule a callback on this event loop without waiting for it: (from another
+    thread, from the loop's own thread).
 
-
-def _call_soon_threadsafe() -> Callable[[Callable[[], None]], None]:
-    """How another thread schedules a callback on this event loop without waiting for it.
-
-    The writer thread must not stall until the loop has run its wake-up (it would sit idle
-    while the loop runs coordinators); asyncio and trio both offer a fire-and-forget
-    call, which anyio does not wrap, so it is picked here. Other loops fall back to
-    `anyio.from_thread.run_sync`, which waits.
+    The lane threads must not stall until the loop has run their wake-up (they would sit
+    idle while the loop runs coordinators), and the loop should wake a lane once per pass,
+    not once per job; asyncio and trio both offer these calls, which anyio does not wrap, so
+    they are picked here. Other loops fall back to `anyio.from_thread.run_sync` (which
+    waits) and to calling at once.
     """
     token = anyio.lowlevel.current_token()
     native = token.native_token
     if isinstance(native, asyncio.AbstractEventLoop):
-        return cast(Callable[[Callable[[], None]], None], native.call_soon_threadsafe)
+        return (
+            cast(Schedule, native.call_soon_threadsafe),
+            cast(Schedule, native.call_soon),
+        )
     run_sync_soon = getattr(native, "run_sync_soon", None)  # a trio.lowlevel.TrioToken
     if callable(run_sync_soon):
-        return cast(Callable[[Callable[[], None]], None], run_sync_soon)
-    return partial(anyio.from_thread.run_sync, token=token)
+        return cast(Schedule, run_sync_soon), cast(Schedule, run_sync_soon)
+    return cast(Schedule, partial(anyio.from_thread.run_sync, token=token)), _call_now
+
+
+def _call_now(callback: Callable[[], None]) -> None:
+    callback()
 
 
 def _storage_error(path: str, exc: sqlite3.Error, busy_timeout: float) -> StorageError:
@@ -327,20 +334,120 @@ def _storage_error(path: str, exc: sqlite3.Error, busy_timeout: float) -> Storag
     return StorageError(f"SQLite storage {path!r}: {message}")
 
 
-class _Write:
-    """One write waiting for the writer thread: the work, then its result or error."""
+class _Job:
+    """One call waiting for a lane's thread: the work, then its result or error."""
 
     __slots__ = ("done", "error", "result", "work")
 
-    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, work: Callable[[Any], Any]) -> None:
         self.work = work
         self.done = anyio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
 
 
-_STOP = _Write(lambda conn: None)
-"""Queued by `close`: the writer thread finishes what is ahead of it, then exits."""
+_STOP = _Job(lambda conn: None)
+"""Queued by `_Lane.stop`: the thread finishes the jobs ahead of it, then exits."""
+
+
+class _Lane:
+    """A thread that owns one connection and runs queued jobs in batches.
+
+    The event loop queues jobs and, once per loop pass, wakes the thread; the thread takes
+    everything queued (up to `max_batch`), runs it through `run_batch`, and only then
+    schedules one wake-up of all their callers on the loop, without waiting for it.
+    """
+
+    def __init__(self, name: str, run_batch: Callable[[list[_Job]], None], max_batch: int) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._queue: deque[_Job] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._kick_pending = False
+        self._kick_soon: Schedule = _call_now
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        wake_soon, self._kick_soon = _call_soon_threadsafe()
+        self._queue.clear()
+        self._kick_pending = False
+        self._thread = threading.Thread(
+            target=self._loop,
+            args=(wake_soon,),
+            name=self.name,
+            daemon=True,  # a loop that ends without close() must not hang the process
+        )
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Finish the jobs queued so far, then end the thread (call shielded)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.append(_STOP)
+            self._kick()
+            await anyio.to_thread.run_sync(thread.join)
+
+    async def submit(self, work: Callable[[Any], T], *, urgent: bool = False) -> T:
+        """Queue `work` (at the front when `urgent`) and wait for its batch to finish."""
+        job = _Job(work)
+        # deque appends are atomic; the thread takes jobs under `_ready`, after a kick.
+        if urgent:
+            self._queue.appendleft(job)
+        else:
+            self._queue.append(job)
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._kick_soon(self._kick)
+        try:
+            await job.done.wait()
+        except BaseException:
+            # Cancelled: a job the thread has not taken yet is dropped; one it has taken is
+            # waited for, so the caller's cancellation never splits a transaction.
+            with self._ready:
+                queued = job in self._queue
+                if queued:
+                    self._queue.remove(job)
+            if not queued:
+                with anyio.CancelScope(shield=True):
+                    await job.done.wait()
+            raise
+        if job.error is not None:
+            raise job.error
+        result: T = job.result
+        return result
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        with self._ready:
+            self._ready.notify()
+
+    def _loop(self, wake_soon: Schedule) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                batch: list[_Job] = []
+                while self._queue and len(batch) < self._max_batch:
+                    batch.append(self._queue.popleft())
+            stop = _STOP in batch
+            if stop:
+                batch.remove(_STOP)
+            if batch:
+                self._run_batch(batch)
+                with suppress(Exception):  # the event loop is gone: nobody is waiting
+                    wake_soon(partial(_wake, batch))
+            if stop:
+                return
+
+
+def _wake(batch: list[_Job]) -> None:
+    for job in batch:
+        job.done.set()
 
 
 class SQLiteStorage:
@@ -360,10 +467,8 @@ class SQLiteStorage:
         self.busy_timeout = busy_timeout
         self._db: Database | None = None  # the writer's connection (schema, migrations)
         self._reader: Database | None = None
-        self._limiter = anyio.CapacityLimiter(1)  # the reader connection, one call at a time
-        self._queue: deque[_Write] = deque()
-        self._ready = threading.Condition()
-        self._writer: threading.Thread | None = None
+        self._writer = _Lane(f"goalkit writer {self.path}", self._commit_batch, MAX_BATCH)
+        self._readers = _Lane(f"goalkit reader {self.path}", self._read_batch, MAX_BATCH)
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r}, synchronous={self.synchronous!r})"
@@ -373,18 +478,11 @@ class SQLiteStorage:
     def _error(self, exc: sqlite3.Error) -> StorageError:
         return _storage_error(self.path, exc, self.busy_timeout)
 
-    def _call(self, work: Callable[[Database], T]) -> T:
-        # Runs in a worker thread, on the reader connection.
-        if self._reader is None:
-            raise StorageError(f"SQLite storage {self.path!r} is not open")
-        try:
-            return work(self._reader)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-
     async def _run(self, work: Callable[[Database], T]) -> T:
-        """Run a read on the reader connection in a worker thread (never behind writes)."""
-        return await anyio.to_thread.run_sync(self._call, work, limiter=self._limiter)
+        """Run a read on the reader connection, in the reader thread (never behind writes)."""
+        if not self._readers.running:
+            raise StorageError(f"SQLite storage {self.path!r} is not open")
+        return await self._readers.submit(work)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
         """Queue a write for the writer thread and wait until its batch has committed.
@@ -392,55 +490,23 @@ class SQLiteStorage:
         `urgent` writes (lease renewals and releases) go to the front of the queue, so a
         heartbeat waits for one batch at most, never behind a backlog of transitions.
         """
-        if self._writer is None:
+        if not self._writer.running:
             raise StorageError(f"SQLite storage {self.path!r} is not open")
-        op = _Write(work)
-        with self._ready:
-            if urgent:
-                self._queue.appendleft(op)
-            else:
-                self._queue.append(op)
-            self._ready.notify()
-        try:
-            await op.done.wait()
-        except BaseException:
-            # Cancelled: a write the writer has not taken yet is dropped; one it has taken
-            # is waited for, so the caller's cancellation never splits a transaction.
-            with self._ready:
-                queued = op in self._queue
-                if queued:
-                    self._queue.remove(op)
-            if not queued:
-                with anyio.CancelScope(shield=True):
-                    await op.done.wait()
-            raise
-        if op.error is not None:
-            raise op.error
-        result: T = op.result
-        return result
+        return await self._writer.submit(work, urgent=urgent)
 
-    def _write_loop(
-        self, conn: sqlite3.Connection, call_soon: Callable[[Callable[[], None]], None]
-    ) -> None:
-        """The writer thread: commit whatever is queued as one transaction, wake, repeat."""
-        while True:
-            with self._ready:
-                while not self._queue:
-                    self._ready.wait()
-                batch: list[_Write] = []
-                while self._queue and len(batch) < MAX_BATCH:
-                    batch.append(self._queue.popleft())
-            stop = _STOP in batch
-            if stop:
-                batch.remove(_STOP)
-            if batch:
-                self._commit_batch(conn, batch)
-                with suppress(Exception):  # the event loop is gone: nobody is waiting
-                    call_soon(partial(_wake, batch))
-            if stop:
-                return
+    def _read_batch(self, batch: list[_Job]) -> None:
+        """The reader thread: run each read in turn (each its own read transaction)."""
+        assert self._reader is not None
+        for job in batch:
+            try:
+                job.result = job.work(self._reader)
+            except sqlite3.Error as exc:
+                job.error = self._error(exc)
+                job.error.__cause__ = exc
+            except Exception as exc:
+                job.error = exc
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+    def _commit_batch(self, batch: list[_Job]) -> None:
         """Apply each write in its own savepoint, all in one transaction: group commit.
 
         A write that raises (a fence, bad JSON, a constraint) is rolled back to its savepoint
@@ -448,6 +514,8 @@ class SQLiteStorage:
         fails (the write lock is busy past the timeout, the disk is full), every write in
         the batch gets that error and nothing of it is stored.
         """
+        assert self._db is not None
+        conn = self._db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -483,14 +551,14 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             self._abort(conn, [o for o in batch if o.error is None], exc)
 
-    def _abort(self, conn: sqlite3.Connection, ops: list[_Write], exc: sqlite3.Error) -> None:
+    def _abort(self, conn: sqlite3.Connection, ops: list[_Job], exc: sqlite3.Error) -> None:
         # If even ROLLBACK fails the connection is broken; the original error says more.
         with suppress(sqlite3.Error):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         self._fail_all(ops, exc)
 
-    def _fail_all(self, ops: list[_Write], exc: BaseException) -> None:
+    def _fail_all(self, ops: list[_Job], exc: BaseException) -> None:
         for op in ops:
             op.result = None
             if isinstance(exc, sqlite3.Error):
@@ -554,29 +622,18 @@ class SQLiteStorage:
     # -- Storage ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._writer is not None:
+        if self._writer.running:
             return
-        await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
-        assert self._db is not None
-        self._queue.clear()
-        self._writer = threading.Thread(
-            target=self._write_loop,
-            args=(self._db.conn, _call_soon_threadsafe()),
-            name=f"goalkit writer {self.path}",
-            daemon=True,  # a loop that ends without close() must not hang the process
-        )
+        await anyio.to_thread.run_sync(self._connect)
         self._writer.start()
+        self._readers.start()
 
     async def close(self) -> None:
         # Shielded: closing on the way out of a cancelled scope must still close.
         with anyio.CancelScope(shield=True):
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                with self._ready:
-                    self._queue.append(_STOP)
-                    self._ready.notify()
-                await anyio.to_thread.run_sync(writer.join)
-            await anyio.to_thread.run_sync(self._disconnect, limiter=self._limiter)
+            await self._readers.stop()
+            await self._writer.stop()
+            await anyio.to_thread.run_sync(self._disconnect)
 
     async def create_goal(
         self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
