@@ -454,7 +454,7 @@ def table(n: int, repeat: int, keys: Sequence[str]) -> str:
         f"{n} workflows of 3 no-op steps per run, median (min–max) of {repeat} runs; "
         "SQLite files in a temp dir.",
         "",
-        "| system | workflows | durability | workflows/s | ms/step | commits/workflow | "
+        "| system | workflows | durability | workflows/s | ms/step | writes/workflow | "
         "peak RSS MiB |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
@@ -516,8 +516,10 @@ def table(n: int, repeat: int, keys: Sequence[str]) -> str:
     lines += [
         "",
         "ms/step: wall time / (workflows × 3); with many in flight it is the inverse of "
-        "throughput, not a step's latency. commits/workflow: write transactions per workflow "
-        "(goalkit: counted by a storage plugin, lease transactions included; loops: counted). "
+        "throughput, not a step's latency. writes/workflow: goalkit's storage writes per "
+        "workflow (transitions and lease writes, counted by a storage plugin; group commit "
+        "puts many of them in one SQLite transaction); for the loops, SQLite commits per "
+        "workflow. "
         "Peak RSS: the child process of that run.",
         "",
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "

@@ -294,6 +294,29 @@ class TestQueryPlans:
                 assert "TEMP B-TREE" not in step, (sql, plan)
 
 
+class TestTagCount:
+    async def test_tag_total_is_counted_on_the_tag_index_alone(
+        self, db_path: Path, traced: list[tuple[int, str]], raw: sqlite3.Connection
+    ) -> None:
+        """A tag listing counts its total without visiting the goal rows (scales with tags)."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            for tags in [("qa",), ("qa",), ()]:
+                await store.create_goal(transitions.create(new_goal(tags=tags)))
+            traced.clear()
+            page = await store.list_goals(tag="qa")
+        finally:
+            await store.close()
+        assert page.total == 2
+        counts = [sql for _, sql in traced if "count(*)" in sql]
+        assert counts
+        for sql in counts:
+            plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            assert all("goal_tags" in step or " t " in f" {step} " for step in plan), plan
+            assert not any("goals" in step.replace("goal_tags", "") for step in plan), plan
+
+
 class TestUrl:
     @pytest.mark.parametrize(
         ("url", "path", "synchronous"),

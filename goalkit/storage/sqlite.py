@@ -819,6 +819,10 @@ class SQLiteStorage:
         columns = ", ".join(f"g.{name}" for name in _GOAL_FIELDS)
         select = f"SELECT {columns} FROM {source} {condition} ORDER BY {order} LIMIT ? OFFSET ?"
         count = f"SELECT count(*) AS n FROM {source} {condition}"
+        if tag is not None and owner is None and status is None:
+            # Counted on the tag index alone: joining every tagged goal row only to count
+            # them made a tag's first page grow with the store (12 ms at 33,000 tagged goals).
+            count = "SELECT count(*) AS n FROM goal_tags t WHERE t.tag = ?"
 
         def work(db: Database) -> Page:
             with _transaction(db.conn, "DEFERRED"):
