@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -584,6 +585,43 @@ class TestGroupCommit:
             assert len(await store.read_events(goal.id)) == 3
         finally:
             await store.close()
+
+    async def test_lease_renewal_jumps_the_queue(
+        self, db_path: Path, raw: sqlite3.Connection, traced: list[tuple[int, str]]
+    ) -> None:
+        """A renewal queued behind a backlog of transitions is written before all of them."""
+        store = SQLiteStorage(db_path, busy_timeout=30)
+        await store.open()
+        try:
+            goals = [await start(store, lease="m1") for _ in range(20)]
+            traced.clear()
+            raw.execute("BEGIN IMMEDIATE")  # the writer stalls: a backlog builds up
+            try:
+                async with anyio.create_task_group() as tg:
+                    for goal in goals:
+                        tg.start_soon(
+                            store.commit,
+                            transitions.step_started(goal, goal.steps[0], NOW, lease="m1"),
+                        )
+                    await anyio.wait_all_tasks_blocked()
+                    tg.start_soon(
+                        partial(store.renew_leases, "m1", [g.id for g in goals[:3]], ttl=60.0)
+                    )
+                    await anyio.wait_all_tasks_blocked()
+                    raw.execute("ROLLBACK")
+            finally:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+        finally:
+            await store.close()
+        statements = [sql for _, sql in traced]
+        renewal = next(
+            i for i, sql in enumerate(statements) if sql.startswith("UPDATE goals SET lease_expires")
+        )
+        inserts = [i for i, sql in enumerate(statements) if sql.startswith("INSERT INTO events")]
+        assert len(inserts) == 20
+        # At most the one batch the writer had already taken may precede the renewal.
+        assert sum(i < renewal for i in inserts) <= 1
 
     async def test_write_after_close_is_refused(self, db_path: Path) -> None:
         """A write to a closed store is a StorageError, not a hang."""
