@@ -61,6 +61,7 @@ class EventBus:
     def __init__(self) -> None:
         self._inboxes: dict[str, set[MemoryObjectSendStream[Event]]] = {}
         self._sinks: list[MemoryObjectSendStream[Event]] = []
+        self._enders: dict[str, set[anyio.Event]] = {}
 
     def subscribe(self, goal_id: str) -> Inbox:
         """An inbox of the events published for `goal_id` from now on, until it is closed."""
@@ -75,10 +76,25 @@ class EventBus:
             if not inboxes:
                 del self._inboxes[goal_id]
 
+    def watch_end(self, goal_id: str) -> anyio.Event:
+        """An event set when the terminal event of `goal_id` is published; `unwatch_end` it."""
+        ended = anyio.Event()
+        self._enders.setdefault(goal_id, set()).add(ended)
+        return ended
+
+    def unwatch_end(self, goal_id: str, ended: anyio.Event) -> None:
+        watchers = self._enders.get(goal_id)
+        if watchers is not None:
+            watchers.discard(ended)
+            if not watchers:
+                del self._enders[goal_id]
+
     @property
     def subscriptions(self) -> int:
-        """How many live subscriptions exist (for leak checks)."""
-        return sum(len(s) for s in self._inboxes.values())
+        """How many live subscriptions and end watchers exist (for leak checks)."""
+        return sum(len(s) for s in self._inboxes.values()) + sum(
+            len(s) for s in self._enders.values()
+        )
 
     def add_sink(self) -> MemoryObjectReceiveStream[Event]:
         """A queue that will receive every published event, in publication order."""
@@ -94,6 +110,9 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Hand a stored event to everyone; never blocks, never raises."""
+        if event.terminal:
+            for ended in self._enders.pop(event.goal_id, ()):
+                ended.set()
         for send in list(self._inboxes.get(event.goal_id, ())):
             # A full inbox drops the event: its subscriber notices the gap and reads storage.
             with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -171,19 +190,12 @@ class EventStream:
     """
 
     def __init__(
-        self,
-        storage: Storage,
-        bus: EventBus,
-        goal_id: str,
-        after: int | None,
-        poll_interval: float,
+        self, storage: Storage, bus: EventBus, goal_id: str, after: int, poll_interval: float
     ) -> None:
         self._storage = storage
         self._bus = bus
         self._goal_id = goal_id
-        # None: from the goal's newest event when the stream first looks (`GoalManager.wait`).
-        self._from_now = after is None
-        self._last = after or 0
+        self._last = after
         self._poll = poll_interval
         self._goal: Goal | None = None
         self._inbox: Inbox | None = None
@@ -225,13 +237,8 @@ class EventStream:
             self.close()
         return event
 
-    async def look(self) -> None:
-        """Subscribe and read the goal once (the stream's first step; idempotent).
-
-        Raises `GoalNotFound` for an unknown goal; ends the stream at once when the goal has
-        ended and the stream started from its newest event.
-        """
-        if self._goal is None and not self._ended:
+    async def _fill(self) -> None:
+        if self._goal is None:
             # Subscribe before the first read, so nothing published after it is missed: an
             # event the read does not show arrives in the inbox (or, from another process,
             # by the quiet-poll read below).
@@ -240,19 +247,8 @@ class EventStream:
             if self._goal is None:
                 self.close()
                 raise GoalNotFound(self._goal_id)
-            if self._from_now:
-                self._last = self._goal.last_event_id
-                if self._goal.done:
-                    self.close()
-                    return
             # Nothing stored after `after` yet: skip the read, live events follow on.
             self._read_storage = self._goal.last_event_id > self._last or self._goal.done
-
-    async def _fill(self) -> None:
-        await self.look()
-        if self._ended:
-            return
-        assert self._goal is not None
         if self._read_storage:
             batch = await self._storage.read_events(self._goal_id, after=self._last)
             if batch:

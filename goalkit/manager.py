@@ -521,15 +521,26 @@ class GoalManager:
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""
-        # From the goal's newest event on; a goal that has ended ends the stream at once,
-        # before the timeout starts (so even `timeout=0` returns an ended goal).
-        async with EventStream(
-            self.storage, self._bus, _goal_id(goal_id), None, self.poll_interval
-        ) as stream:
-            await stream.look()
+        # Woken once, by the terminal event, rather than by every event of the goal; watched
+        # before the first read, so an end published in between is not missed. An ended goal
+        # returns before the timeout starts (so even `timeout=0` returns it).
+        goal_id = _goal_id(goal_id)
+        ended = self._bus.watch_end(goal_id)
+        try:
+            goal = await self.get(goal_id)
+            if goal.done:
+                return goal
             with anyio.fail_after(timeout):
-                async for _ in stream:
-                    pass
+                while not ended.is_set():
+                    with anyio.move_on_after(self.poll_interval):
+                        await ended.wait()
+                    if not ended.is_set():
+                        # Quiet: the goal may have ended in another process.
+                        found = await self.storage.get_goal(goal.id, steps=False)
+                        if found is None or found.done:
+                            break
+        finally:
+            self._bus.unwatch_end(goal_id, ended)
         return await self.get(goal_id)
 
 
