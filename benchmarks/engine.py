@@ -60,8 +60,11 @@ STEPS = {"plan": 3, "direct": 1}
 # -- the plugins --------------------------------------------------------------------------------
 
 
-def make_plugins(counts: Counter[str]) -> list[object]:
-    """The zero-latency provider and the commit-counting storage, as goalkit plugins."""
+def make_plugins(counts: Counter[str], synchronous: str = "NORMAL") -> list[object]:
+    """The zero-latency provider and the commit-counting storage, as goalkit plugins.
+
+    The storage serves ``counted+sqlite:///path`` at the given `synchronous` level.
+    """
     from goalkit import hookimpl
     from goalkit.storage.sqlite import SQLiteStorage
 
@@ -101,7 +104,8 @@ def make_plugins(counts: Counter[str]) -> list[object]:
             prefix = "counted+sqlite:///"
             if not url.startswith(prefix):
                 return None
-            return CountingStorage(SQLiteStorage(url.removeprefix(prefix)))
+            path = url.removeprefix(prefix)
+            return CountingStorage(SQLiteStorage(path, synchronous=synchronous))  # type: ignore[arg-type]
 
     return [ZeroProvider(), CountingPlugin()]
 

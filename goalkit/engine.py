@@ -64,6 +64,8 @@ Commit = Callable[[transitions.Transition], Awaitable[Event | None]]
 
 INBOX_SIZE = 256
 """Events buffered per live subscriber before it falls back to reading storage."""
+READ_BATCH = 1000
+"""Events an `EventStream` reads from storage at a time."""
 
 
 def now() -> int:
@@ -83,6 +85,7 @@ class EventBus:
     def __init__(self) -> None:
         self._inboxes: dict[str, set[MemoryObjectSendStream[Event]]] = {}
         self._sinks: list[MemoryObjectSendStream[Event]] = []
+        self._enders: dict[str, set[anyio.Event]] = {}
 
     def subscribe(self, goal_id: str) -> Inbox:
         """An inbox of the events published for `goal_id` from now on, until it is closed."""
@@ -97,10 +100,25 @@ class EventBus:
             if not inboxes:
                 del self._inboxes[goal_id]
 
+    def watch_end(self, goal_id: str) -> anyio.Event:
+        """An event set when the terminal event of `goal_id` is published; `unwatch_end` it."""
+        ended = anyio.Event()
+        self._enders.setdefault(goal_id, set()).add(ended)
+        return ended
+
+    def unwatch_end(self, goal_id: str, ended: anyio.Event) -> None:
+        watchers = self._enders.get(goal_id)
+        if watchers is not None:
+            watchers.discard(ended)
+            if not watchers:
+                del self._enders[goal_id]
+
     @property
     def subscriptions(self) -> int:
-        """How many live subscriptions exist (for leak checks)."""
-        return sum(len(s) for s in self._inboxes.values())
+        """How many live subscriptions and end watchers exist (for leak checks)."""
+        return sum(len(s) for s in self._inboxes.values()) + sum(
+            len(s) for s in self._enders.values()
+        )
 
     def watched(self) -> set[str]:
         """The ids of the goals that have live subscribers."""
@@ -126,6 +144,9 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Hand a stored event to everyone; never blocks, never raises."""
+        if event.terminal:
+            for ended in self._enders.pop(event.goal_id, ()):
+                ended.set()
         self.publish_live(event)
         for send in self._sinks:
             try:
@@ -268,16 +289,27 @@ class EventStream:
 
     async def _fill(self) -> None:
         if self._goal is None:
+            # Subscribe before the first read, so nothing published after it is missed: an
+            # event the read does not show arrives in the inbox (or, from another process,
+            # by the quiet-poll read below).
+            self._inbox = self._bus.subscribe(self._goal_id)
             self._goal = await self._storage.get_goal(self._goal_id, steps=False)
             if self._goal is None:
                 self.close()
                 raise GoalNotFound(self._goal_id)
-            # Subscribe before the first read, so nothing published in between is missed.
-            self._inbox = self._bus.subscribe(self._goal_id)
+            # Nothing stored after `after` yet: skip the read, live events follow on.
+            self._read_storage = self._goal.last_event_id > self._last or self._goal.done
         if self._read_storage:
-            batch = await self._storage.read_events(self._goal_id, after=self._last)
+            batch = await self._storage.read_events(
+                self._goal_id, after=self._last, limit=READ_BATCH
+            )
             if batch:
                 self._buffer.extend(batch)
+                # What was published since subscribing is in the inbox, live-only events
+                # included: go on from there (a gap or a full inbox sends us back here).
+                # A full batch may have more behind it, and a goal that had ended when
+                # first read publishes nothing more: read on from storage in both cases.
+                self._read_storage = self._goal.done or len(batch) >= READ_BATCH
                 return
             if self._goal.done:
                 self.close()  # it has ended and nothing is left after `after`

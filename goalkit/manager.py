@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 import pluggy
 from anyio.abc import TaskGroup
@@ -456,7 +457,7 @@ class GoalManager:
     def _lock(self, goal_id: str) -> anyio.Lock:
         lock = self._locks.get(goal_id)
         if lock is None:
-            lock = self._locks[goal_id] = anyio.Lock()
+            lock = self._locks[goal_id] = anyio.Lock(fast_acquire=True)
         return lock
 
     @asynccontextmanager
@@ -495,6 +496,9 @@ class GoalManager:
         # Every write goes through here: stored first, then published. The per-goal lock keeps
         # publication in event order when a cancel and the coordinator commit to one goal at
         # once; the shield keeps a write that reached storage from going unpublished.
+        # A cancelled caller stops here, before its write; the lock itself (fast_acquire)
+        # costs no trip through the event loop when nobody else holds it.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         async with self._lock(goal_id):
             with anyio.CancelScope(shield=True):
                 event = await write()
@@ -670,13 +674,26 @@ class GoalManager:
 
     async def wait(self, goal_id: str, timeout: float | None = None) -> Goal:  # noqa: ASYNC109
         """Wait until the goal ends and return it; `TimeoutError` after `timeout` seconds."""
-        goal = await self.get(goal_id)
-        if goal.done:
-            return goal
-        with anyio.fail_after(timeout):
-            async with self.events(goal.id, after=goal.last_event_id) as stream:
-                async for _ in stream:
-                    pass
+        # Woken once, by the terminal event, rather than by every event of the goal; watched
+        # before the first read, so an end published in between is not missed. An ended goal
+        # returns before the timeout starts (so even `timeout=0` returns it).
+        goal_id = _goal_id(goal_id)
+        ended = self._bus.watch_end(goal_id)
+        try:
+            goal = await self.get(goal_id)
+            if goal.done:
+                return goal
+            with anyio.fail_after(timeout):
+                while not ended.is_set():
+                    with anyio.move_on_after(self.poll_interval):
+                        await ended.wait()
+                    if not ended.is_set():
+                        # Quiet: the goal may have ended in another process.
+                        found = await self._guarded.get_goal(goal.id, steps=False)
+                        if found is None or found.done:
+                            break
+        finally:
+            self._bus.unwatch_end(goal_id, ended)
         return await self.get(goal_id)
 
 

@@ -693,7 +693,9 @@ class TestEvents:
             disconnect_after=4,  # start, retry, two events
         )
         first = events_of(b"".join(m.get("body", b"") for m in sent[1:]).decode())
-        assert len(first) == 2
+        # Two or more: the client drops after two, but events already read from storage may
+        # still be written before the server notices (how many exist is a matter of timing).
+        assert len(first) >= 2
         provider.release(goal["id"])
         async with client(app) as http:
             rest = await http.get(

@@ -451,6 +451,25 @@ class TestWait:
             provider.gates[goal.id].set()
             assert (await manager.wait(goal.id, timeout=10)).status == "completed"
 
+    async def test_wait_sees_an_end_written_by_another_manager(self, tmp_path: Path) -> None:
+        """A goal cancelled through another manager (no shared bus) ends the wait here too."""
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+        provider = GatedProvider()
+        async with manager_for(url, provider, lease_ttl=1) as here:
+            goal = await here.create("slow", model="gated")
+            await provider.started[goal.id].wait()
+            async with anyio.create_task_group() as tg:
+                waited: list[Goal] = []
+
+                async def wait() -> None:
+                    waited.append(await here.wait(goal.id, timeout=10))
+
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                async with manager_for(url, GatedProvider(), lease_ttl=1) as there:
+                    await there.cancel(goal.id)
+        assert [g.status for g in waited] == ["cancelled"]
+
     async def test_wait_on_an_ended_goal_returns_at_once(self, url: str) -> None:
         """Waiting again on a finished goal returns it unchanged."""
         async with manager_for(url, QueueProvider()) as manager:

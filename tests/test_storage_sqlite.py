@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +331,29 @@ class TestQueryPlans:
                 assert "TEMP B-TREE" not in step, (sql, plan)
 
 
+class TestTagCount:
+    async def test_tag_total_is_counted_on_the_tag_index_alone(
+        self, db_path: Path, traced: list[tuple[int, str]], raw: sqlite3.Connection
+    ) -> None:
+        """A tag listing counts its total without visiting the goal rows (scales with tags)."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            for tags in [("qa",), ("qa",), ()]:
+                await store.create_goal(transitions.create(new_goal(tags=tags)))
+            traced.clear()
+            page = await store.list_goals(tag="qa")
+        finally:
+            await store.close()
+        assert page.total == 2
+        counts = [sql for _, sql in traced if "count(*)" in sql]
+        assert counts
+        for sql in counts:
+            plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            assert all("goal_tags" in step or " t " in f" {step} " for step in plan), plan
+            assert not any("goals" in step.replace("goal_tags", "") for step in plan), plan
+
+
 class TestUrl:
     @pytest.mark.parametrize(
         ("url", "path", "synchronous"),
@@ -504,6 +528,144 @@ class TestConcurrency:
             await store.close()
         with pytest.raises(StorageError, match="not open"):
             await store.get_goal("goal-x")
+
+
+class TestGroupCommit:
+    """Concurrent writes share transactions, and each keeps its own fences and errors."""
+
+    async def test_concurrent_commits_share_transactions(
+        self, db_path: Path, traced: list[tuple[int, str]]
+    ) -> None:
+        """Fifty goals committing at once take far fewer than fifty transactions."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            goals = [await start(store, lease="m1") for _ in range(50)]
+            traced.clear()
+            async with anyio.create_task_group() as tg:
+                for goal in goals:
+                    tg.start_soon(
+                        store.commit,
+                        transitions.step_started(goal, goal.steps[0], NOW, lease="m1"),
+                    )
+            for goal in goals:
+                assert [e.id for e in await store.read_events(goal.id)] == [1, 2, 3]
+        finally:
+            await store.close()
+        begins = [sql for _, sql in traced if sql == "BEGIN IMMEDIATE"]
+        assert 1 <= len(begins) < 25
+
+    async def test_refused_write_does_not_fail_its_batch(self, store: SQLiteStorage) -> None:
+        """Fenced-off and unserialisable writes raise alone; the others in the batch commit."""
+        goals = [await start(store, lease="m1") for _ in range(30)]
+        outcome: dict[str, str] = {}
+
+        async def write(i: int, goal: Goal) -> None:
+            step = goal.steps[0]
+            if i % 3 == 1:
+                transition = transitions.step_started(goal, step, NOW, lease="someone-else")
+            elif i % 3 == 2:
+                transition = transitions.step_completed(goal, step, object(), NOW, lease="m1")
+            else:
+                transition = transitions.step_started(goal, step, NOW, lease="m1")
+            try:
+                await store.commit(transition)
+            except GoalkitError as exc:
+                outcome[goal.id] = type(exc).__name__
+            else:
+                outcome[goal.id] = "ok"
+
+        async with anyio.create_task_group() as tg:
+            for i, goal in enumerate(goals):
+                tg.start_soon(write, i, goal)
+        for i, goal in enumerate(goals):
+            expected = ["ok", "LeaseLost", "StorageError"][i % 3]
+            assert outcome[goal.id] == expected
+            stored = await store.get_goal(goal.id)
+            events = [e.id for e in await store.read_events(goal.id)]
+            if expected == "ok":
+                assert events == [1, 2, 3]
+                assert stored is not None and stored.steps[0].status == "running"
+            else:
+                assert events == [1, 2]
+                assert stored == goal
+
+    async def test_reads_do_not_wait_for_a_blocked_writer(
+        self, db_path: Path, raw: sqlite3.Connection
+    ) -> None:
+        """While another connection holds the write lock, reads still answer at once."""
+        store = SQLiteStorage(db_path, busy_timeout=30)
+        await store.open()
+        try:
+            goal = await start(store)
+            committed = anyio.Event()
+
+            async def commit() -> None:
+                await store.commit(transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+                committed.set()
+
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(commit)
+                    await anyio.wait_all_tasks_blocked()
+                    assert await store.get_goal(goal.id) == goal
+                    assert len(await store.read_events(goal.id)) == 2
+                    assert (await store.list_goals()).total == 1
+                    assert not committed.is_set()  # the write is still waiting for the lock
+                    raw.execute("ROLLBACK")
+            finally:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+            assert committed.is_set()
+            assert len(await store.read_events(goal.id)) == 3
+        finally:
+            await store.close()
+
+    async def test_lease_renewal_jumps_the_queue(
+        self, db_path: Path, raw: sqlite3.Connection, traced: list[tuple[int, str]]
+    ) -> None:
+        """A renewal queued behind a backlog of transitions is written before all of them."""
+        store = SQLiteStorage(db_path, busy_timeout=30)
+        await store.open()
+        try:
+            goals = [await start(store, lease="m1") for _ in range(20)]
+            traced.clear()
+            raw.execute("BEGIN IMMEDIATE")  # the writer stalls: a backlog builds up
+            try:
+                async with anyio.create_task_group() as tg:
+                    for goal in goals:
+                        tg.start_soon(
+                            store.commit,
+                            transitions.step_started(goal, goal.steps[0], NOW, lease="m1"),
+                        )
+                    await anyio.wait_all_tasks_blocked()
+                    tg.start_soon(
+                        partial(store.renew_leases, "m1", [g.id for g in goals[:3]], ttl=60.0)
+                    )
+                    await anyio.wait_all_tasks_blocked()
+                    raw.execute("ROLLBACK")
+            finally:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+        finally:
+            await store.close()
+        statements = [sql for _, sql in traced]
+        renewal = next(
+            i for i, sql in enumerate(statements) if sql.startswith("UPDATE goals SET lease_expires")
+        )
+        inserts = [i for i, sql in enumerate(statements) if sql.startswith("INSERT INTO events")]
+        assert len(inserts) == 20
+        # At most the one batch the writer had already taken may precede the renewal.
+        assert sum(i < renewal for i in inserts) <= 1
+
+    async def test_write_after_close_is_refused(self, db_path: Path) -> None:
+        """A write to a closed store is a StorageError, not a hang."""
+        store = SQLiteStorage(db_path)
+        await store.open()
+        await store.close()
+        with pytest.raises(StorageError, match="not open"):
+            await store.create_goal(transitions.create(new_goal()))
 
 
 class TestAgreesWithMemory:

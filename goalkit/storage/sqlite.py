@@ -2,15 +2,27 @@
 
 Deliberate design choices:
 
-* Every SQLite call runs in a worker thread, one call at a time (`anyio.to_thread.run_sync`
-  behind a `CapacityLimiter` of 1), so the event loop never waits on the disk and the single
-  connection is never used by two threads at once. A cancelled caller still waits for its
-  thread (anyio's default), so a transaction in flight always commits or rolls back whole.
-* The connection runs in autocommit mode and writes open ``BEGIN IMMEDIATE`` themselves: the
-  write lock is taken *before* the fences are read, so two managers sharing the file cannot
-  interleave between the lease check and the write.
-* WAL journal, ``busy_timeout`` 5 s, ``synchronous=NORMAL`` (a power cut may lose the newest
-  commits, never corrupt the file); ``synchronous=FULL`` on request.
+* Group commit. All writes go to one writer thread that owns the write connection: it takes
+  every write queued since its last commit (up to `MAX_BATCH`), applies each in its own
+  ``SAVEPOINT`` inside one ``BEGIN IMMEDIATE … COMMIT``, and only after that commit wakes the
+  callers: one cross-thread wake-up per batch, not a thread hop per call. A write refused by
+  its fence (`LeaseLost`, `GoalConflict`, `GoalNotFound`) or by bad data is rolled back to its
+  savepoint and raises in its own caller; the rest of the batch commits. Since writes run one
+  after another inside the transaction, each sees the ones before it: event numbers stay
+  gapless. Lease renewals and releases jump the queue, so a heartbeat waits for one batch at
+  most. A caller cancelled before the writer took its write drops it; one cancelled after
+  waits for the batch, so a transaction is never split.
+* The write lock is taken with ``BEGIN IMMEDIATE`` *before* the fences are read, so two
+  managers sharing the file cannot interleave between the lease check and the write.
+* Reads run on a second connection owned by a reader thread, batched the same way (each read
+  its own read transaction), so they never queue behind writes: in WAL mode a reader sees
+  the last commit and does not wait for the writer. The event loop's thread never touches a
+  connection. Each thread is woken once per pass of the event loop and wakes its callers
+  without waiting for the loop (a fire-and-forget call on asyncio and trio).
+* WAL journal, ``busy_timeout`` 5 s, ``synchronous=NORMAL`` by default: a process crash
+  (``kill -9``) loses nothing committed; a power cut or OS crash may lose the newest commits
+  (never corrupt the file). ``sqlite:///path.db?synchronous=FULL`` syncs the WAL on every
+  commit, so commits survive a power cut too (see the performance page for what it costs).
 * The schema is versioned with sqlite-utils `Migrations` (table ``_sqlite_migrations``). All
   pending migrations run under one ``BEGIN IMMEDIATE`` (each in its own savepoint), so two
   processes opening a fresh file at once migrate it exactly once.
@@ -23,16 +35,22 @@ Deliberate design choices:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import parse_qs
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -47,9 +65,13 @@ __all__ = ["MIGRATIONS", "SQLiteStorage"]
 
 T = TypeVar("T")
 Synchronous = Literal["NORMAL", "FULL"]
+Schedule = Callable[[Callable[[], None]], None]
 
 BUSY_TIMEOUT = 5.0
 """Seconds a write waits for another connection's write lock before failing."""
+
+MAX_BATCH = 512
+"""Most writes the writer thread commits in one transaction."""
 
 MIGRATIONS = Migrations("goalkit")
 """The schema history, oldest first; `SQLiteStorage.open` applies whatever is pending."""
@@ -235,58 +257,61 @@ def _dump_error(error: ErrorInfo | None) -> str | None:
     return None if error is None else _dump(error.to_dict())
 
 
-def _goal(row: Mapping[str, Any], steps: tuple[Step, ...] = ()) -> Goal:
+def _goal(row: Sequence[Any], steps: tuple[Step, ...] = ()) -> Goal:
+    """A goal from a row of `_GOAL_FIELDS`, in that order."""
     return Goal(
-        id=row["id"],
-        workflow_id=row["workflow_id"],
-        description=row["description"],
-        model=row["model"],
-        mode=row["mode"],
-        max_steps=row["max_steps"],
-        max_retries=row["max_retries"],
-        tags=tuple(json.loads(row["tags"])),
-        owner=row["owner"],
-        status=row["status"],
-        phase=row["phase"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        total_steps=row["total_steps"],
-        steps_completed=row["steps_completed"],
-        current_step=row["current_step"],
-        result=_load(row["result"]),
-        error=_load_error(row["error"]),
-        completed_at=row["completed_at"],
-        last_event_id=row["last_event_id"],
+        id=row[0],
+        workflow_id=row[1],
+        description=row[2],
+        model=row[3],
+        mode=row[4],
+        max_steps=row[5],
+        max_retries=row[6],
+        tags=tuple(json.loads(row[7])),
+        owner=row[8],
+        status=row[9],
+        phase=row[10],
+        total_steps=row[11],
+        steps_completed=row[12],
+        current_step=row[13],
+        result=None if row[14] is None else json.loads(row[14]),
+        error=_load_error(row[15]),
+        created_at=row[16],
+        updated_at=row[17],
+        completed_at=row[18],
+        last_event_id=row[19],
         steps=steps,
-        max_tokens=row["max_tokens"],
-        usage=Usage(row["input_tokens"], row["output_tokens"]),
-        recoveries=row["recoveries"],
+        max_tokens=row[20],
+        usage=Usage(row[21], row[22]),
+        recoveries=row[23],
     )
 
 
-def _step(row: Mapping[str, Any]) -> Step:
+def _step(row: Sequence[Any]) -> Step:
+    """A step from a row of `_SELECT_STEPS`."""
     return Step(
-        index=row["idx"],
-        title=row["title"],
-        description=row["description"],
-        status=row["status"],
-        attempts=row["attempts"],
-        result=_load(row["result"]),
-        error=_load_error(row["error"]),
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        usage=Usage(row["input_tokens"], row["output_tokens"]),
+        index=row[0],
+        title=row[1],
+        description=row[2],
+        status=row[3],
+        attempts=row[4],
+        result=None if row[5] is None else json.loads(row[5]),
+        error=_load_error(row[6]),
+        started_at=row[7],
+        completed_at=row[8],
+        usage=Usage(row[9], row[10]),
     )
 
 
-def _event(row: Mapping[str, Any], workflow_id: str) -> Event:
+def _event(row: Sequence[Any], workflow_id: str) -> Event:
+    """An event from a row of (goal_id, id, type, ts, data)."""
     return Event(
-        id=row["id"],
-        type=row["type"],
-        goal_id=row["goal_id"],
+        id=row[1],
+        type=row[2],
+        goal_id=row[0],
         workflow_id=workflow_id,
-        ts=row["ts"],
-        data=json.loads(row["data"]),
+        ts=row[3],
+        data=json.loads(row[4]),
     )
 
 
@@ -305,11 +330,154 @@ def _transaction(conn: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[
         raise
 
 
+def _call_soon_threadsafe() -> tuple[Schedule, Schedule]:
+    """How to schedule a callback on this event loop without waiting for it: (from another
+    thread, from the loop's own thread).
+
+    The lane threads must not stall until the loop has run their wake-up (they would sit
+    idle while the loop runs coordinators), and the loop should wake a lane once per pass,
+    not once per job; asyncio and trio both offer these calls, which anyio does not wrap, so
+    they are picked here. Other loops fall back to `anyio.from_thread.run_sync` (which
+    waits) and to calling at once.
+    """
+    token = anyio.lowlevel.current_token()
+    native = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return (
+            cast(Schedule, native.call_soon_threadsafe),
+            cast(Schedule, native.call_soon),
+        )
+    run_sync_soon = getattr(native, "run_sync_soon", None)  # a trio.lowlevel.TrioToken
+    if callable(run_sync_soon):
+        return cast(Schedule, run_sync_soon), cast(Schedule, run_sync_soon)
+    return cast(Schedule, partial(anyio.from_thread.run_sync, token=token)), _call_now
+
+
+def _call_now(callback: Callable[[], None]) -> None:
+    callback()
+
+
 def _storage_error(path: str, exc: sqlite3.Error, busy_timeout: float) -> StorageError:
     message = str(exc)
     if "locked" in message or "busy" in message:
         message += f" (another connection held the write lock longer than {busy_timeout} s)"
     return StorageError(f"SQLite storage {path!r}: {message}")
+
+
+class _Job:
+    """One call waiting for a lane's thread: the work, then its result or error."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[Any], Any]) -> None:
+        self.work = work
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+_STOP = _Job(lambda conn: None)
+"""Queued by `_Lane.stop`: the thread finishes the jobs ahead of it, then exits."""
+
+
+class _Lane:
+    """A thread that owns one connection and runs queued jobs in batches.
+
+    The event loop queues jobs and, once per loop pass, wakes the thread; the thread takes
+    everything queued (up to `max_batch`), runs it through `run_batch`, and only then
+    schedules one wake-up of all their callers on the loop, without waiting for it.
+    """
+
+    def __init__(self, name: str, run_batch: Callable[[list[_Job]], None], max_batch: int) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._queue: deque[_Job] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._kick_pending = False
+        self._kick_soon: Schedule = _call_now
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        wake_soon, self._kick_soon = _call_soon_threadsafe()
+        self._queue.clear()
+        self._kick_pending = False
+        self._thread = threading.Thread(
+            target=self._loop,
+            args=(wake_soon,),
+            name=self.name,
+            daemon=True,  # a loop that ends without close() must not hang the process
+        )
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Finish the jobs queued so far, then end the thread (call shielded)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.append(_STOP)
+            self._kick()
+            await anyio.to_thread.run_sync(thread.join)
+
+    async def submit(self, work: Callable[[Any], T], *, urgent: bool = False) -> T:
+        """Queue `work` (at the front when `urgent`) and wait for its batch to finish."""
+        job = _Job(work)
+        # deque appends are atomic; the thread takes jobs under `_ready`, after a kick.
+        if urgent:
+            self._queue.appendleft(job)
+        else:
+            self._queue.append(job)
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._kick_soon(self._kick)
+        try:
+            await job.done.wait()
+        except BaseException:
+            # Cancelled: a job the thread has not taken yet is dropped; one it has taken is
+            # waited for, so the caller's cancellation never splits a transaction.
+            with self._ready:
+                queued = job in self._queue
+                if queued:
+                    self._queue.remove(job)
+            if not queued:
+                with anyio.CancelScope(shield=True):
+                    await job.done.wait()
+            raise
+        if job.error is not None:
+            raise job.error
+        result: T = job.result
+        return result
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        with self._ready:
+            self._ready.notify()
+
+    def _loop(self, wake_soon: Schedule) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                batch: list[_Job] = []
+                while self._queue and len(batch) < self._max_batch:
+                    batch.append(self._queue.popleft())
+            stop = _STOP in batch
+            if stop:
+                batch.remove(_STOP)
+            if batch:
+                self._run_batch(batch)
+                with suppress(Exception):  # the event loop is gone: nobody is waiting
+                    wake_soon(partial(_wake, batch))
+            if stop:
+                return
+
+
+def _wake(batch: list[_Job]) -> None:
+    for job in batch:
+        job.done.set()
 
 
 class SQLiteStorage:
@@ -327,8 +495,10 @@ class SQLiteStorage:
         self.path = str(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
-        self._db: Database | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._db: Database | None = None  # the writer's connection (schema, migrations)
+        self._reader: Database | None = None
+        self._writer = _Lane(f"goalkit writer {self.path}", self._commit_batch, MAX_BATCH)
+        self._readers = _Lane(f"goalkit reader {self.path}", self._read_batch, MAX_BATCH)
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r}, synchronous={self.synchronous!r})"
@@ -338,21 +508,107 @@ class SQLiteStorage:
     def _error(self, exc: sqlite3.Error) -> StorageError:
         return _storage_error(self.path, exc, self.busy_timeout)
 
-    def _call(self, work: Callable[[Database], T]) -> T:
-        # Runs in the worker thread.
-        if self._db is None:
-            raise StorageError(f"SQLite storage {self.path!r} is not open")
-        try:
-            return work(self._db)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-
     async def _run(self, work: Callable[[Database], T]) -> T:
-        return await anyio.to_thread.run_sync(self._call, work, limiter=self._limiter)
+        """Run a read on the reader connection, in the reader thread (never behind writes)."""
+        if not self._readers.running:
+            raise StorageError(f"SQLite storage {self.path!r} is not open")
+        return await self._readers.submit(work)
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
+        """Queue a write for the writer thread and wait until its batch has committed.
+
+        `urgent` writes (lease renewals and releases) go to the front of the queue, so a
+        heartbeat waits for one batch at most, never behind a backlog of transitions.
+        """
+        if not self._writer.running:
+            raise StorageError(f"SQLite storage {self.path!r} is not open")
+        return await self._writer.submit(work, urgent=urgent)
+
+    def _read_batch(self, batch: list[_Job]) -> None:
+        """The reader thread: run each read in turn (each its own read transaction)."""
+        assert self._reader is not None
+        for job in batch:
+            try:
+                job.result = job.work(self._reader)
+            except sqlite3.Error as exc:
+                job.error = self._error(exc)
+                job.error.__cause__ = exc
+            except Exception as exc:
+                job.error = exc
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        """Apply each write in its own savepoint, all in one transaction: group commit.
+
+        A write that raises (a fence, bad JSON, a constraint) is rolled back to its savepoint
+        and gets its error; the others in the batch commit. If the transaction as a whole
+        fails (the write lock is busy past the timeout, the disk is full), every write in
+        the batch gets that error and nothing of it is stored.
+        """
+        assert self._db is not None
+        conn = self._db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail_all(batch, exc)
+            return
+        alone = len(batch) == 1  # no savepoint needed: a failure rolls back everything
+        for op in batch:
+            try:
+                if not alone:
+                    conn.execute("SAVEPOINT w")
+                op.result = op.work(conn)
+                if not alone:
+                    conn.execute("RELEASE w")
+            except Exception as exc:
+                op.error = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
+                if isinstance(exc, sqlite3.Error):
+                    op.error.__cause__ = exc
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back itself: nothing here stuck.
+                    self._fail_all([o for o in batch if o.error is None], exc)
+                    return
+                try:
+                    if alone:
+                        conn.execute("ROLLBACK")
+                        return
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                except sqlite3.Error as again:
+                    self._abort(conn, [o for o in batch if o.error is None], again)
+                    return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abort(conn, [o for o in batch if o.error is None], exc)
+
+    def _abort(self, conn: sqlite3.Connection, ops: list[_Job], exc: sqlite3.Error) -> None:
+        # If even ROLLBACK fails the connection is broken; the original error says more.
+        with suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        self._fail_all(ops, exc)
+
+    def _fail_all(self, ops: list[_Job], exc: BaseException) -> None:
+        for op in ops:
+            op.result = None
+            if isinstance(exc, sqlite3.Error):
+                op.error = self._error(exc)
+                op.error.__cause__ = exc
+            else:
+                op.error = exc
 
     def _connect(self) -> None:
         if self._db is not None:
             return
+        db = self._open_connection(migrate=True)
+        try:
+            self._reader = self._open_connection(migrate=False)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _open_connection(self, *, migrate: bool) -> Database:
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -365,36 +621,49 @@ class SQLiteStorage:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             db = Database(conn, execute_plugins=False)
-            db.enable_wal()
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if migrate:
+                db.enable_wal()
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
-            with _transaction(conn):
-                MIGRATIONS.apply(db)
+            if migrate:
+                with _transaction(conn):
+                    MIGRATIONS.apply(db)
         except sqlite3.Error as exc:
             conn.close()
             raise self._error(exc) from exc
         except BaseException:
             conn.close()
             raise
-        self._db = db
+        return db
 
     def _disconnect(self) -> None:
         db, self._db = self._db, None
-        if db is not None:
-            try:
-                db.close()
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+        reader, self._reader = self._reader, None
+        try:
+            if reader is not None:
+                reader.close()
+        finally:
+            if db is not None:
+                try:
+                    db.close()
+                except sqlite3.Error as exc:
+                    raise self._error(exc) from exc
 
     # -- Storage ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+        if self._writer.running:
+            return
+        await anyio.to_thread.run_sync(self._connect)
+        self._writer.start()
+        self._readers.start()
 
     async def close(self) -> None:
         # Shielded: closing on the way out of a cancelled scope must still close.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._disconnect, limiter=self._limiter)
+            await self._readers.stop()
+            await self._writer.stop()
+            await anyio.to_thread.run_sync(self._disconnect)
 
     async def create_goal(
         self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
@@ -427,39 +696,36 @@ class SQLiteStorage:
             goal.usage.output_tokens,
         )
 
-        def work(db: Database) -> Event:
-            conn = db.conn
-            with _transaction(conn):
-                if idempotency_key is not None:
-                    earlier = conn.execute(
-                        "SELECT goal_id, fingerprint FROM idempotency_keys "
-                        "WHERE owner = ? AND key = ?",
-                        (goal.owner, idempotency_key),
-                    ).fetchone()
-                    if earlier is not None:
-                        if earlier[1] != fingerprint:
-                            raise GoalConflict(KEY_REUSED)
-                        return self._first_event(conn, earlier[0])
-                cursor = conn.execute(_INSERT_GOAL, row)
-                if cursor.rowcount == 0:
-                    raise GoalConflict(f"goal {goal.id!r} already exists")
-                if idempotency_key is not None:
-                    conn.execute(
-                        "INSERT INTO idempotency_keys (owner, key, goal_id, fingerprint, "
-                        "created_at) VALUES (?, ?, ?, ?, ?)",
-                        (goal.owner, idempotency_key, goal.id, fingerprint, goal.created_at),
-                    )
-                seq = cursor.lastrowid
-                assert seq is not None
-                conn.executemany(
-                    "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)",
-                    [(tag, seq) for tag in goal.tags],
+        def work(conn: sqlite3.Connection) -> Event:
+            if idempotency_key is not None:
+                earlier = conn.execute(
+                    "SELECT goal_id, fingerprint FROM idempotency_keys WHERE owner = ? AND key = ?",
+                    (goal.owner, idempotency_key),
+                ).fetchone()
+                if earlier is not None:
+                    if earlier[1] != fingerprint:
+                        raise GoalConflict(KEY_REUSED)
+                    return self._first_event(conn, earlier[0])
+            cursor = conn.execute(_INSERT_GOAL, row)
+            if cursor.rowcount == 0:
+                raise GoalConflict(f"goal {goal.id!r} already exists")
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency_keys (owner, key, goal_id, fingerprint, "
+                    "created_at) VALUES (?, ?, ?, ?, ?)",
+                    (goal.owner, idempotency_key, goal.id, fingerprint, goal.created_at),
                 )
-                event = self._apply(conn, seq, goal.workflow_id, 0, transition)
+            seq = cursor.lastrowid
+            assert seq is not None
+            conn.executemany(
+                "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)",
+                [(tag, seq) for tag in goal.tags],
+            )
+            event = self._apply(conn, seq, goal.workflow_id, 0, transition)
             assert event is not None
             return event
 
-        return await self._run(work)
+        return await self._write(work)
 
     @staticmethod
     def _apply(
@@ -527,39 +793,39 @@ class SQLiteStorage:
     async def commit(self, transition: Transition) -> Event | None:
         goal_id = transition.goal.id
 
-        def work(db: Database) -> Event | None:
-            conn = db.conn
-            with _transaction(conn):
-                row = conn.execute(
-                    "SELECT seq, workflow_id, status, last_event_id, lease_owner "
-                    "FROM goals WHERE id = ?",
-                    (goal_id,),
-                ).fetchone()
-                if row is None:
-                    raise GoalNotFound(goal_id)
-                seq, workflow_id, status, last, lease_owner = row
-                if transition.lease is not None and (
-                    lease_owner != transition.lease or status != "active"
-                ):
-                    raise LeaseLost(f"lease on goal {goal_id!r} is no longer held")
-                if transition.version is not None and last != transition.version:
-                    raise GoalConflict(f"goal {goal_id!r} changed meanwhile")
-                return self._apply(conn, seq, workflow_id, last, transition)
+        def work(conn: sqlite3.Connection) -> Event | None:
+            row = conn.execute(
+                "SELECT seq, workflow_id, status, last_event_id, lease_owner "
+                "FROM goals WHERE id = ?",
+                (goal_id,),
+            ).fetchone()
+            if row is None:
+                raise GoalNotFound(goal_id)
+            seq, workflow_id, status, last, lease_owner = row
+            if transition.lease is not None and (
+                lease_owner != transition.lease or status != "active"
+            ):
+                raise LeaseLost(f"lease on goal {goal_id!r} is no longer held")
+            if transition.version is not None and last != transition.version:
+                raise GoalConflict(f"goal {goal_id!r} changed meanwhile")
+            return self._apply(conn, seq, workflow_id, last, transition)
 
-        return await self._run(work)
+        return await self._write(work)
 
     @staticmethod
-    def _read_goal(db: Database, goal_id: str, steps: bool) -> Goal | None:
-        rows = list(db.query(_SELECT_GOAL, [goal_id]))
-        if not rows:
+    def _read_goal(conn: sqlite3.Connection, goal_id: str, steps: bool) -> Goal | None:
+        row = conn.execute(_SELECT_GOAL, (goal_id,)).fetchone()
+        if row is None:
             return None
-        step_rows = tuple(_step(r) for r in db.query(_SELECT_STEPS, [goal_id])) if steps else ()
-        return _goal(rows[0], step_rows)
+        step_rows = (
+            tuple(_step(r) for r in conn.execute(_SELECT_STEPS, (goal_id,))) if steps else ()
+        )
+        return _goal(row, step_rows)
 
     async def get_goal(self, goal_id: str, *, steps: bool = True) -> Goal | None:
         def work(db: Database) -> Goal | None:
             with _transaction(db.conn, "DEFERRED"):
-                return self._read_goal(db, goal_id, steps)
+                return self._read_goal(db.conn, goal_id, steps)
 
         return await self._run(work)
 
@@ -591,11 +857,15 @@ class SQLiteStorage:
         columns = ", ".join(f"g.{name}" for name in _GOAL_FIELDS)
         select = f"SELECT {columns} FROM {source} {condition} ORDER BY {order} LIMIT ? OFFSET ?"
         count = f"SELECT count(*) AS n FROM {source} {condition}"
+        if tag is not None and owner is None and status is None:
+            # Counted on the tag index alone: joining every tagged goal row only to count
+            # them made a tag's first page grow with the store (12 ms at 33,000 tagged goals).
+            count = "SELECT count(*) AS n FROM goal_tags t WHERE t.tag = ?"
 
         def work(db: Database) -> Page:
             with _transaction(db.conn, "DEFERRED"):
-                total = next(db.query(count, params))["n"]
-                rows = db.query(select, [*params, max(limit, 0), max(offset, 0)])
+                (total,) = db.execute(count, params).fetchone()
+                rows = db.execute(select, [*params, max(limit, 0), max(offset, 0)]).fetchall()
                 items = tuple(_goal(row) for row in rows)
             return Page(items=items, total=total, limit=limit, offset=offset)
 
@@ -605,7 +875,7 @@ class SQLiteStorage:
         sql = f"SELECT {_GOAL_COLUMNS} FROM goals WHERE workflow_id = ? ORDER BY seq"
 
         def work(db: Database) -> list[Goal]:
-            return [_goal(row) for row in db.query(sql, [workflow_id])]
+            return [_goal(row) for row in db.execute(sql, [workflow_id]).fetchall()]
 
         return await self._run(work)
 
@@ -628,15 +898,17 @@ class SQLiteStorage:
     async def read_events(self, goal_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         def work(db: Database) -> list[Event]:
             with _transaction(db.conn, "DEFERRED"):
-                found = list(db.query("SELECT workflow_id FROM goals WHERE id = ?", [goal_id]))
-                if not found:
+                found = db.execute(
+                    "SELECT workflow_id FROM goals WHERE id = ?", [goal_id]
+                ).fetchone()
+                if found is None:
                     return []
-                rows = db.query(
+                rows = db.execute(
                     "SELECT goal_id, id, type, ts, data FROM events "
                     "WHERE goal_id = ? AND id > ? ORDER BY id LIMIT ?",
                     [goal_id, max(after, 0), max(limit, 0)],
                 )
-                return [_event(row, found[0]["workflow_id"]) for row in rows]
+                return [_event(row, found[0]) for row in rows]
 
         return await self._run(work)
 
@@ -645,57 +917,51 @@ class SQLiteStorage:
     ) -> list[Goal]:
         skip = _dump(sorted(set(exclude)))
 
-        def work(db: Database) -> list[Goal]:
-            conn = db.conn
-            with _transaction(conn):
-                now = time.time()
-                candidates = conn.execute(
-                    "SELECT seq, id FROM goals WHERE status = 'active' "
-                    "AND (lease_owner IS NULL OR lease_expires <= ?) "
-                    "AND id NOT IN (SELECT value FROM json_each(?)) "
-                    "ORDER BY seq LIMIT ?",
-                    (now, skip, max(limit, 0)),
-                ).fetchall()
-                # An expired lease (not a released one) means its holder died or froze.
-                conn.executemany(
-                    "UPDATE goals SET lease_owner = ?, lease_expires = ?, "
-                    "recoveries = recoveries + (lease_owner IS NOT NULL) WHERE seq = ?",
-                    [(owner, now + ttl, seq) for seq, _ in candidates],
-                )
-                claimed = [self._read_goal(db, goal_id, True) for _, goal_id in candidates]
+        def work(conn: sqlite3.Connection) -> list[Goal]:
+            now = time.time()
+            candidates = conn.execute(
+                "SELECT seq, id FROM goals WHERE status = 'active' "
+                "AND (lease_owner IS NULL OR lease_expires <= ?) "
+                "AND id NOT IN (SELECT value FROM json_each(?)) "
+                "ORDER BY seq LIMIT ?",
+                (now, skip, max(limit, 0)),
+            ).fetchall()
+            # An expired lease (not a released one) means its holder died or froze.
+            conn.executemany(
+                "UPDATE goals SET lease_owner = ?, lease_expires = ?, "
+                "recoveries = recoveries + (lease_owner IS NOT NULL) WHERE seq = ?",
+                [(owner, now + ttl, seq) for seq, _ in candidates],
+            )
+            claimed = [self._read_goal(conn, goal_id, True) for _, goal_id in candidates]
             return [goal for goal in claimed if goal is not None]
 
-        return await self._run(work)
+        return await self._write(work)
 
     async def renew_leases(self, owner: str, goal_ids: Iterable[str], *, ttl: float) -> set[str]:
         ids = _dump(sorted(set(goal_ids)))
 
-        def work(db: Database) -> set[str]:
-            conn = db.conn
-            with _transaction(conn):
-                rows = conn.execute(
-                    "UPDATE goals SET lease_expires = ? "
-                    "WHERE lease_owner = ? AND id IN (SELECT value FROM json_each(?)) "
-                    "RETURNING id",
-                    (time.time() + ttl, owner, ids),
-                ).fetchall()
+        def work(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "UPDATE goals SET lease_expires = ? "
+                "WHERE lease_owner = ? AND id IN (SELECT value FROM json_each(?)) "
+                "RETURNING id",
+                (time.time() + ttl, owner, ids),
+            ).fetchall()
             return {goal_id for (goal_id,) in rows}
 
-        return await self._run(work)
+        return await self._write(work, urgent=True)
 
     async def release_leases(self, owner: str, goal_ids: Iterable[str]) -> None:
         ids = _dump(sorted(set(goal_ids)))
 
-        def work(db: Database) -> None:
-            conn = db.conn
-            with _transaction(conn):
-                conn.execute(
-                    "UPDATE goals SET lease_owner = NULL, lease_expires = 0 "
-                    "WHERE lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
-                    (owner, ids),
-                )
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE goals SET lease_owner = NULL, lease_expires = 0 "
+                "WHERE lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
+                (owner, ids),
+            )
 
-        await self._run(work)
+        await self._write(work, urgent=True)
 
 
 def _parse_url(url: str) -> tuple[str, Synchronous] | None:

@@ -1,0 +1,224 @@
+"""Lookups with 1,000 and with 100,000 goals stored, and the memory of goals that wait.
+
+    python benchmarks/scale.py                # 1,000 vs 100,000 goals; 10,000 waiting goals
+    python benchmarks/scale.py --quick        # 1,000 vs 10,000; 1,000 waiting goals
+
+Part one fills a SQLite store (through `SQLiteStorage.create_goal`, four owners, a tag on
+every third goal, three goals in four then marked completed by one UPDATE) and times, through
+the storage API the manager calls: `get_goal`, the first page (50) of `list_goals` unfiltered,
+by owner, by status and by tag, `goals_by_workflow`, and a deep page (offset 90 % of the goals).
+Medians of 200 calls each (20 for the deep page); the ratio of the large store to the small
+one; and `EXPLAIN QUERY PLAN` of each query, to show which index serves it.
+
+Part two starts a `GoalManager` whose provider never answers (each step waits on an event)
+with `max_concurrent` high enough to run them all, creates N goals, waits until every one is
+inside its provider call, and reports the growth of the process's resident memory divided by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from goalkit import GoalManager, hookimpl, transitions
+from goalkit.models import Goal, new_goal_id, new_workflow_id
+from goalkit.storage.sqlite import _GOAL_COLUMNS, SQLiteStorage
+
+OWNERS = ("alice", "bob", "carol", "dave")
+
+
+def _goal(i: int) -> Goal:
+    now = int(time.time())
+    return Goal(
+        id=new_goal_id(),
+        workflow_id=new_workflow_id(),
+        description=f"goal {i}",
+        model="scripted",
+        mode="plan",
+        max_steps=10,
+        max_retries=2,
+        tags=("nightly",) if i % 3 == 0 else (),
+        owner=OWNERS[i % len(OWNERS)],
+        status="active",
+        phase="created",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _fill(store: SQLiteStorage, n: int) -> list[Goal]:
+    goals = [_goal(i) for i in range(n)]
+    for start in range(0, n, 2000):  # 2,000 creates in flight: group commit makes it quick
+        async with anyio.create_task_group() as tg:
+            for goal in goals[start : start + 2000]:
+                tg.start_soon(store.create_goal, transitions.create(goal))
+    conn = sqlite3.connect(store.path)
+    with conn:
+        conn.execute(
+            "UPDATE goals SET status = 'completed', phase = 'completed' WHERE seq % 4 != 0"
+        )
+    conn.execute("ANALYZE")
+    conn.close()
+    return goals
+
+
+async def _time(call: Callable[[], Awaitable[Any]], repeat: int) -> float:
+    await call()  # warm the caches
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+async def lookups(n: int, db: Path) -> dict[str, float]:
+    store = SQLiteStorage(db)
+    await store.open()
+    try:
+        goals = await _fill(store, n)
+        probe = goals[n // 2]
+        deep = n * 9 // 10
+        calls: dict[str, tuple[Callable[[], Awaitable[Any]], int]] = {
+            "get": (lambda: store.get_goal(probe.id), 200),
+            "list, first page": (lambda: store.list_goals(), 200),
+            "list by owner": (lambda: store.list_goals(owner="bob"), 200),
+            "list by status": (lambda: store.list_goals(status="active"), 200),
+            "list by tag": (lambda: store.list_goals(tag="nightly"), 200),
+            "by_workflow": (lambda: store.goals_by_workflow(probe.workflow_id), 200),
+            "list, deep page (offset 90 %)": (lambda: store.list_goals(offset=deep), 20),
+        }
+        return {name: await _time(call, repeat) for name, (call, repeat) in calls.items()}
+    finally:
+        await store.close()
+
+
+PLANS = {
+    "get": (f"SELECT {_GOAL_COLUMNS} FROM goals WHERE id = ?", ["x"]),
+    "list by owner": (
+        "SELECT id FROM goals g WHERE g.owner = ? ORDER BY g.seq DESC LIMIT 50",
+        ["bob"],
+    ),
+    "count by owner": ("SELECT count(*) FROM goals g WHERE g.owner = ?", ["bob"]),
+    "list by status": (
+        "SELECT id FROM goals g WHERE g.status = ? ORDER BY g.seq DESC LIMIT 50",
+        ["active"],
+    ),
+    "list by tag": (
+        "SELECT g.id FROM goal_tags t JOIN goals g ON g.seq = t.seq WHERE t.tag = ? "
+        "ORDER BY t.seq DESC LIMIT 50",
+        ["nightly"],
+    ),
+    "by_workflow": ("SELECT id FROM goals WHERE workflow_id = ? ORDER BY seq", ["wf-x"]),
+}
+
+
+def plans(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    lines = []
+    for name, (sql, params) in PLANS.items():
+        steps = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+        lines.append(f"- {name}: {'; '.join(steps)}")
+    conn.close()
+    return lines
+
+
+class _Stuck:
+    """Model ``stuck``: a one-step plan whose step waits until the manager closes."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.target = 1
+        self.reached = anyio.Event()
+
+    def expect(self, target: int) -> None:
+        """Set `reached` once `target` calls are inside `run_step`."""
+        self.target, self.reached = target, anyio.Event()
+
+    @hookimpl
+    def goalkit_model_provider(self, model: str) -> _Stuck | None:
+        return self if model == "stuck" else None
+
+    async def plan(self, goal: Any, max_steps: int) -> list[str]:
+        return ["wait"]
+
+    async def run_step(self, goal: Any, step: Any, previous: Sequence[Any]) -> str:
+        self.inside += 1
+        if self.inside >= self.target:
+            self.reached.set()
+        await anyio.sleep_forever()
+        return "never"
+
+
+def _rss_kib() -> int:
+    """The process's resident memory now (Linux), else its peak so far."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+async def waiting(n: int, db: Path) -> float:
+    provider = _Stuck()
+    async with GoalManager(
+        f"sqlite:///{db}",
+        plugins=[provider],
+        entry_points=False,
+        default_model="stuck",
+        max_concurrent=n + 1,  # the warm-up goal holds a slot too
+        step_timeout=None,
+        lease_ttl=600,
+    ) as manager:
+        provider.expect(1)
+        await manager.create("warm-up")
+        await provider.reached.wait()
+        before = _rss_kib()
+        provider.expect(n + 1)
+        for i in range(n):
+            await manager.create(f"waiting goal {i}", mode="direct")
+        await provider.reached.wait()
+        after = _rss_kib()
+    return (after - before) / n
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 goals, 1,000 waiting")
+    args = parser.parse_args(argv)
+    small, large = 1000, (10_000 if args.quick else 100_000)
+    waiters = 1000 if args.quick else 10_000
+    with tempfile.TemporaryDirectory(prefix="goalkit-scale-") as tmp:
+        a = anyio.run(lookups, small, Path(tmp) / "small.db")
+        print(f"filled and timed {small:,} goals", file=sys.stderr)
+        b = anyio.run(lookups, large, Path(tmp) / "large.db")
+        print(f"filled and timed {large:,} goals", file=sys.stderr)
+        plan_lines = plans(Path(tmp) / "large.db")
+        per_goal = anyio.run(waiting, waiters, Path(tmp) / "waiting.db")
+    lines = [
+        f"| lookup (storage API) | {small:,} goals, µs | {large:,} goals, µs | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in a:
+        lines.append(f"| {name} | {a[name]:,.0f} | {b[name]:,.0f} | {b[name] / a[name]:.2f} |")
+    lines += ["", f"EXPLAIN QUERY PLAN with {large:,} goals:", "", *plan_lines, ""]
+    lines.append(
+        f"{waiters:,} goals waiting inside a provider call: {per_goal:.1f} KiB of resident memory each."
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
