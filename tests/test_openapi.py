@@ -255,3 +255,40 @@ class TestDocumentAgreesWithServer:
         response = portal.call(lambda: http.post("/api/v1/goals", content=content, headers=headers))
         expected = 201 if IS_VALID(body) else 400
         assert response.status_code == expected, response.text
+
+
+# -- stateful: sequences that follow the document's links ----------------------------------
+
+# Operations that found their goal in the stateful run (2xx, or 409 for a goal that already
+# ended): only a link gives them a real goal id. Cancel mostly answers 409, as AnyModel's
+# goals end at once.
+REACHED: set[str] = set()
+
+
+class GoalLinks(schema.as_state_machine()):  # type: ignore[misc]
+    """Create a goal, then follow its 201's links: get it, cancel it, stream its events.
+
+    AnyModel finishes a goal in one step, so its event stream ends instead of hanging.
+    """
+
+    def after_call(self, response: schemathesis.Response, case: schemathesis.Case) -> None:
+        if response.status_code < 300 or response.status_code == 409:
+            REACHED.add(case.operation.label)
+
+
+def test_links_conform() -> None:
+    """Sequences built from createGoal's links pass schemathesis's default checks."""
+    REACHED.clear()
+    GoalLinks.run(
+        settings=settings(
+            max_examples=20,
+            stateful_step_count=4,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    assert {
+        "GET /api/v1/goals/{goal_id}",
+        "DELETE /api/v1/goals/{goal_id}",
+        "GET /api/v1/goals/{goal_id}/events",
+    } <= REACHED

@@ -403,9 +403,22 @@ def _operations() -> dict[str, dict[str, Any]]:
                     },
                     "content": {
                         "text/event-stream": {
+                            # One message, as tools read an event stream's `schema`
+                            # (OpenAPI 3.2's `itemSchema`, which 3.1 does not have).
                             "schema": {
-                                "type": "string",
-                                "description": "Messages whose `data:` is an `Event`.",
+                                "type": "object",
+                                "description": "One message: its `data:` is an `Event`.",
+                                "required": ["data"],
+                                "properties": {
+                                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                    "event": {"type": "string", "enum": EVENT_TYPES},
+                                    "retry": {"type": "integer", "minimum": 0},
+                                    "data": {
+                                        "type": "string",
+                                        "contentMediaType": "application/json",
+                                        "contentSchema": {"$ref": "#/components/schemas/Event"},
+                                    },
+                                },
                             },
                         }
                     },
