@@ -281,9 +281,11 @@ def test_links_conform() -> None:
     REACHED.clear()
     GoalLinks.run(
         settings=settings(
-            max_examples=20,
+            max_examples=40,
             stateful_step_count=4,
             deadline=None,
+            # The same sequences every run: the coverage check below must not depend on luck.
+            derandomize=True,
             suppress_health_check=list(HealthCheck),
         )
     )
