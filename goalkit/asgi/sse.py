@@ -19,6 +19,7 @@ connection open is dropped like one that disconnected, instead of holding a task
 error after the headers went out ends the stream quietly (it is logged) because the status
 line can no longer change.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,8 +86,7 @@ class OpenStreams:
             raise HTTPError(
                 429,
                 LimitExceeded.code,
-                f"at most {self.max_per_user} event streams may be open per user; "
-                "close one first",
+                f"at most {self.max_per_user} event streams may be open per user; close one first",
                 headers=headers,
             )
         self._per_user[user] = held + 1

@@ -23,6 +23,7 @@ from goalkit.models import JSON, Goal, Step, StepSpec
 __all__ = [
     "PLAN_SYSTEM",
     "STEP_SYSTEM",
+    "client_options",
     "http_fault",
     "installed",
     "parse_plan",
@@ -55,6 +56,18 @@ STEP_SYSTEM = (
 def installed(package: str) -> bool:
     """Whether `package` can be imported, without importing it (the clients import slowly)."""
     return importlib.util.find_spec(package) is not None
+
+
+def client_options(api_key: str, base_url: str | None, timeout: float | None) -> dict[str, Any]:
+    """The keyword arguments both official clients take, built the same way for each.
+
+    Client-side retries are off: the engine retries, with its backoff and ``Retry-After``.
+    Without a `timeout` the client keeps its own default.
+    """
+    options: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "max_retries": 0}
+    if timeout is not None:
+        options["timeout"] = timeout
+    return options
 
 
 def plan_schema(max_steps: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from goalkit.providers import Emit
 from goalkit.providers._common import (
     PLAN_SYSTEM,
     STEP_SYSTEM,
+    client_options,
     connection_fault,
     http_fault,
     installed,
@@ -93,14 +94,9 @@ class AnthropicProvider:
     def _client(self) -> AsyncAnthropic:
         import anthropic
 
-        options: dict[str, Any] = {}
-        if self.endpoint.timeout is not None:
-            options["timeout"] = self.endpoint.timeout
+        endpoint = self.endpoint
         return anthropic.AsyncAnthropic(
-            api_key=self.endpoint.api_key,
-            base_url=self.endpoint.base_url,
-            max_retries=0,  # the engine retries, with its backoff and Retry-After
-            **options,
+            **client_options(endpoint.api_key, endpoint.base_url, endpoint.timeout)
         )
 
     async def _message(

@@ -48,6 +48,7 @@ from goalkit.providers import Emit
 from goalkit.providers._common import (
     PLAN_SYSTEM,
     STEP_SYSTEM,
+    client_options,
     connection_fault,
     http_fault,
     installed,
@@ -143,14 +144,9 @@ class OpenAIProvider:
     def _client(self) -> AsyncOpenAI:
         import openai
 
-        options: dict[str, Any] = {}
-        if self.endpoint.timeout is not None:
-            options["timeout"] = self.endpoint.timeout
+        endpoint = self.endpoint
         return openai.AsyncOpenAI(
-            api_key=self.endpoint.api_key,
-            base_url=self.endpoint.base_url,
-            max_retries=0,  # the engine retries, with its backoff and Retry-After
-            **options,
+            **client_options(endpoint.api_key, endpoint.base_url, endpoint.timeout)
         )
 
     async def _complete(

@@ -167,6 +167,8 @@ def _usage(db: Database) -> None:
     # Token budgets and usage. Rows written before it read as no budget and no tokens used.
     for statement in USAGE_STATEMENTS:
         db.execute(statement)
+
+
 @MIGRATIONS(name="0004_recoveries")
 def _recoveries(db: Database) -> None:
     # Takeovers of a goal from a manager that died holding it, in a row without progress:
@@ -274,7 +276,7 @@ def _goal(row: Sequence[Any], steps: tuple[Step, ...] = ()) -> Goal:
         total_steps=row[11],
         steps_completed=row[12],
         current_step=row[13],
-        result=None if row[14] is None else json.loads(row[14]),
+        result=_load(row[14]),
         error=_load_error(row[15]),
         created_at=row[16],
         updated_at=row[17],
@@ -295,7 +297,7 @@ def _step(row: Sequence[Any]) -> Step:
         description=row[2],
         status=row[3],
         attempts=row[4],
-        result=None if row[5] is None else json.loads(row[5]),
+        result=_load(row[5]),
         error=_load_error(row[6]),
         started_at=row[7],
         completed_at=row[8],
