@@ -405,7 +405,8 @@ class Coordinator:
     async def _apply(self, transition: transitions.Transition) -> Goal:
         event = await self.commit(transition)
         goal = transition.goal
-        if event is not None:
+        if event is not None and event.id != goal.last_event_id:
+            # Storage numbers events; under our lease nobody else writes, so this is rare.
             goal = attrs.evolve(goal, last_event_id=event.id)
         self.goal = goal
         return goal

@@ -18,7 +18,7 @@ import logging
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -63,6 +63,8 @@ from goalkit.storage import Guarded, Storage
 __all__ = ["GoalManager"]
 
 log = logging.getLogger("goalkit")
+
+_UNLOCKED = nullcontext()
 
 SINK_DRAIN_SECONDS = 5.0
 LIMIT_RETRY_AFTER = 10
@@ -166,7 +168,8 @@ class GoalManager:
         self._suspect: str | None = None
         self._deferred: set[str] = set()
         self._providers: dict[str, ModelProvider] = {}
-        self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        # One write lock per goal driven here (see `_store`).
+        self._write_locks: dict[str, anyio.Lock] = {}
         self._owner_locks: weakref.WeakValueDictionary[str, anyio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -304,6 +307,7 @@ class GoalManager:
                     # claim the goal, so two never run it at once.
                     scope = anyio.CancelScope(deadline=secured + self._lease_margin)
                     self._running[goal.id] = scope
+                    self._write_locks[goal.id] = anyio.Lock(fast_acquire=True)
                     assert self._engine is not None
                     self._engine.start_soon(
                         self._drive, goal, scope, name=f"goalkit coordinator {goal.id}"
@@ -433,6 +437,7 @@ class GoalManager:
                 log.warning("goal %s: lease not renewed in time; coordinator stopped", goal.id)
                 self._cooldown[goal.id] = anyio.current_time() + self.lease_ttl
             self._running.pop(goal.id, None)
+            self._write_locks.pop(goal.id, None)
             self._suspect_cleared(goal.id)
             self._wake.set()
             if self._closing:
@@ -453,12 +458,6 @@ class GoalManager:
         for goal_id in [g for g, until in self._cooldown.items() if until <= clock]:
             del self._cooldown[goal_id]
         return set(self._running) | set(self._cooldown) | self._deferred
-
-    def _lock(self, goal_id: str) -> anyio.Lock:
-        lock = self._locks.get(goal_id)
-        if lock is None:
-            lock = self._locks[goal_id] = anyio.Lock(fast_acquire=True)
-        return lock
 
     @asynccontextmanager
     async def _admit(self, owner: str) -> AsyncIterator[None]:
@@ -493,13 +492,15 @@ class GoalManager:
     async def _store(
         self, goal_id: str, write: Callable[[], Awaitable[Event | None]]
     ) -> Event | None:
-        # Every write goes through here: stored first, then published. The per-goal lock keeps
-        # publication in event order when a cancel and the coordinator commit to one goal at
-        # once; the shield keeps a write that reached storage from going unpublished.
-        # A cancelled caller stops here, before its write; the lock itself (fast_acquire)
-        # costs no trip through the event loop when nobody else holds it.
+        # Every write goes through here: stored first, then published. A goal driven here
+        # has a write lock, which keeps publication in event order when a cancel and its
+        # coordinator commit at once; a goal not driven here has one writer in this process
+        # at most (its creation, or a cancel, which its version fence serialises). The shield
+        # keeps a write that reached storage from going unpublished. A cancelled caller stops
+        # here, before its write; the lock itself (fast_acquire) costs no trip through the
+        # event loop when nobody else holds it.
         await anyio.lowlevel.checkpoint_if_cancelled()
-        async with self._lock(goal_id):
+        async with self._write_locks.get(goal_id) or _UNLOCKED:
             with anyio.CancelScope(shield=True):
                 event = await write()
                 if event is not None and event.goal_id == goal_id:
@@ -580,12 +581,13 @@ class GoalManager:
             updated_at=stamp,
             max_tokens=spec.max_tokens,
         )
+        transition = transitions.create(goal)
         if idempotency_key is None:
-            write = partial(self._guarded.create_goal, transitions.create(goal))
+            write = partial(self._guarded.create_goal, transition)
         else:
             write = partial(
                 self._guarded.create_goal,
-                transitions.create(goal),
+                transition,
                 idempotency_key=idempotency_key,
                 fingerprint=_fingerprint(spec),
             )
@@ -595,7 +597,7 @@ class GoalManager:
         if event.goal_id != goal.id:  # the key was used before: that goal is the answer
             return await self.get(event.goal_id)
         self._wake.set()
-        return attrs.evolve(goal, last_event_id=event.id)
+        return transition.goal
 
     async def authenticate(self, token: str) -> Principal | None:
         """The `Principal` a bearer token stands for, from the `goalkit_authenticate` hooks.

@@ -40,6 +40,7 @@ class Transition:
     """
 
     goal: Goal
+    """The goal's row after the write; its `last_event_id` counts the transition's event."""
     steps: tuple[Step, ...] = ()
     event: str | None = None
     data: dict[str, JSON] = attrs.field(factory=dict)
@@ -48,13 +49,15 @@ class Transition:
 
 
 def _moved(goal: Goal, now: int, **changes: Any) -> Goal:
+    """The goal after a transition that appends one event (pass `last_event_id` otherwise)."""
+    changes.setdefault("last_event_id", goal.last_event_id + 1)
     return attrs.evolve(goal, updated_at=now, **changes)
 
 
 def create(goal: Goal) -> Transition:
-    """The first write of a goal: its row and `goal.created`."""
+    """The first write of a goal: its row and `goal.created` (its event 1)."""
     return Transition(
-        goal=goal,
+        goal=attrs.evolve(goal, last_event_id=1),
         event="goal.created",
         data={
             "description": goal.description,
@@ -71,7 +74,9 @@ def create(goal: Goal) -> Transition:
 
 def decomposing(goal: Goal, now: int, *, lease: str) -> Transition:
     """The coordinator starts to plan; no event (see `Transition`)."""
-    return Transition(goal=_moved(goal, now, phase="decomposing"), lease=lease)
+    return Transition(
+        goal=_moved(goal, now, phase="decomposing", last_event_id=goal.last_event_id), lease=lease
+    )
 
 
 def decomposed(
