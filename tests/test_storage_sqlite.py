@@ -590,6 +590,63 @@ class TestGroupCommit:
                 assert events == [1, 2]
                 assert stored == goal
 
+    async def test_a_cancel_and_a_step_in_one_batch(self, store: SQLiteStorage) -> None:
+        """Two writes to one goal in one batch: exactly one wins, numbering stays gapless."""
+        goals = [await start(store, lease="m1") for _ in range(20)]
+        outcome: dict[str, list[str]] = {g.id: [] for g in goals}
+
+        async def write(transition: transitions.Transition) -> None:
+            try:
+                await store.commit(transition)
+            except GoalkitError as exc:
+                outcome[transition.goal.id].append(type(exc).__name__)
+            else:
+                outcome[transition.goal.id].append(transition.event or "")
+
+        async with anyio.create_task_group() as tg:
+            for goal in goals:
+                tg.start_soon(write, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+                tg.start_soon(write, transitions.cancel(goal, NOW))
+        for goal in goals:
+            stored = await store.get_goal(goal.id)
+            events = await store.read_events(goal.id)
+            assert stored is not None and [e.id for e in events] == [1, 2, 3]
+            assert stored.last_event_id == 3
+            if events[-1].type == "goal.cancelled":
+                assert sorted(outcome[goal.id]) == ["LeaseLost", "goal.cancelled"]
+                assert stored.status == "cancelled"
+                assert {s.status for s in stored.steps} == {"cancelled"}
+            else:
+                assert sorted(outcome[goal.id]) == ["GoalConflict", "goal.step_started"]
+                assert stored.status == "active" and stored.steps[0].status == "running"
+
+    async def test_a_row_sqlite_refuses_fails_alone(self, store: SQLiteStorage) -> None:
+        """When SQLite refuses a batch's commits as a group, they are retried one by one."""
+        goals = [await start(store, lease="m1") for _ in range(10)]
+        bad = goals[4]
+        outcome: dict[str, str] = {}
+
+        async def write(goal: Goal) -> None:
+            step = goal.steps[0]
+            if goal is bad:  # a NOT NULL column: only SQLite notices
+                step = attrs.evolve(step, title=None)
+            try:
+                await store.commit(transitions.step_started(goal, step, NOW, lease="m1"))
+            except GoalkitError as exc:
+                outcome[goal.id] = str(exc)
+            else:
+                outcome[goal.id] = "ok"
+
+        async with anyio.create_task_group() as tg:
+            for goal in goals:
+                tg.start_soon(write, goal)
+        assert "NOT NULL" in outcome.pop(bad.id)
+        assert set(outcome.values()) == {"ok"}
+        assert await store.get_goal(bad.id) == bad
+        for goal in goals:
+            expected = [1, 2] if goal is bad else [1, 2, 3]
+            assert [e.id for e in await store.read_events(goal.id)] == expected
+
     async def test_reads_do_not_wait_for_a_blocked_writer(
         self, db_path: Path, raw: sqlite3.Connection
     ) -> None:

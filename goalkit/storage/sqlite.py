@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import sqlite3
 import threading
 import time
@@ -332,31 +333,22 @@ def _transaction(conn: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[
         raise
 
 
-def _call_soon_threadsafe() -> tuple[Schedule, Schedule]:
-    """How to schedule a callback on this event loop without waiting for it: (from another
-    thread, from the loop's own thread).
+def _call_soon_threadsafe() -> Schedule:
+    """How another thread schedules a callback on this event loop without waiting for it.
 
     The lane threads must not stall until the loop has run their wake-up (they would sit
-    idle while the loop runs coordinators), and the loop should wake a lane once per pass,
-    not once per job; asyncio and trio both offer these calls, which anyio does not wrap, so
-    they are picked here. Other loops fall back to `anyio.from_thread.run_sync` (which
-    waits) and to calling at once.
+    idle while the loop runs coordinators); asyncio and trio both offer such a call, which
+    anyio does not wrap, so it is picked here. Other loops fall back to
+    `anyio.from_thread.run_sync` (which waits).
     """
     token = anyio.lowlevel.current_token()
     native = token.native_token
     if isinstance(native, asyncio.AbstractEventLoop):
-        return (
-            cast(Schedule, native.call_soon_threadsafe),
-            cast(Schedule, native.call_soon),
-        )
+        return cast(Schedule, native.call_soon_threadsafe)
     run_sync_soon = getattr(native, "run_sync_soon", None)  # a trio.lowlevel.TrioToken
     if callable(run_sync_soon):
-        return cast(Schedule, run_sync_soon), cast(Schedule, run_sync_soon)
-    return cast(Schedule, partial(anyio.from_thread.run_sync, token=token)), _call_now
-
-
-def _call_now(callback: Callable[[], None]) -> None:
-    callback()
+        return cast(Schedule, run_sync_soon)
+    return cast(Schedule, partial(anyio.from_thread.run_sync, token=token))
 
 
 def _storage_error(path: str, exc: sqlite3.Error, busy_timeout: float) -> StorageError:
@@ -373,7 +365,7 @@ class _Job:
     of an `anyio.Event`, paid on every storage call), an `anyio.Event` elsewhere.
     """
 
-    __slots__ = ("error", "finished", "result", "transition", "waiter", "work")
+    __slots__ = ("dropped", "error", "finished", "result", "taken", "transition", "waiter", "work")
 
     def __init__(
         self, work: Callable[[Any], Any], waiter: Any = None, transition: Transition | None = None
@@ -381,32 +373,37 @@ class _Job:
         self.work = work
         self.transition = transition  # set for `commit`: the writer may apply it with others
         self.waiter = waiter
-        self.finished = False
+        self.taken = self.dropped = self.finished = False
         self.result: Any = None
         self.error: BaseException | None = None
 
 
 _STOP = _Job(lambda conn: None)
 """Queued by `_Lane.stop`: the thread finishes the jobs ahead of it, then exits."""
+_NUDGE = _Job(lambda conn: None)
+"""Queued after an urgent job, to wake the thread; it runs nothing."""
 
 
 class _Lane:
     """A thread that owns one connection and runs queued jobs in batches.
 
-    The event loop queues jobs and, once per loop pass, wakes the thread; the thread takes
-    everything queued (up to `max_batch`), runs it through `run_batch`, and only then
-    schedules one wake-up of all their callers on the loop, without waiting for it.
+    The event loop puts jobs on a `queue.SimpleQueue`, whose `put` wakes the thread without a
+    trip through the loop; the thread takes everything queued (urgent jobs first, up to
+    `max_batch` in all), runs it through `run_batch`, and only then schedules one wake-up of
+    all their callers on the loop, without waiting for it. While the thread works, new jobs
+    queue up: the busier the loop, the bigger the next batch.
     """
 
     def __init__(self, name: str, run_batch: Callable[[list[_Job]], None], max_batch: int) -> None:
         self.name = name
         self._run_batch = run_batch
         self._max_batch = max_batch
-        self._queue: deque[_Job] = deque()
-        self._ready = threading.Condition()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._urgent: deque[_Job] = deque()
+        # Held while jobs are taken, and by a cancelled caller deciding to drop its job, so
+        # a job is either taken or dropped, never both.
+        self._taking = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._kick_pending = False
-        self._kick_soon: Schedule = _call_now
         self._aio: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -414,11 +411,11 @@ class _Lane:
         return self._thread is not None
 
     def start(self) -> None:
-        wake_soon, self._kick_soon = _call_soon_threadsafe()
+        wake_soon = _call_soon_threadsafe()
         native: object = anyio.lowlevel.current_token().native_token
         self._aio = native if isinstance(native, asyncio.AbstractEventLoop) else None
-        self._queue.clear()
-        self._kick_pending = False
+        self._jobs = queue.SimpleQueue()
+        self._urgent.clear()
         self._thread = threading.Thread(
             target=self._loop,
             args=(wake_soon,),
@@ -431,8 +428,7 @@ class _Lane:
         """Finish the jobs queued so far, then end the thread (call shielded)."""
         thread, self._thread = self._thread, None
         if thread is not None:
-            self._queue.append(_STOP)
-            self._kick()
+            self._jobs.put(_STOP)
             await anyio.to_thread.run_sync(thread.join)
 
     async def submit(
@@ -442,26 +438,21 @@ class _Lane:
         urgent: bool = False,
         transition: Transition | None = None,
     ) -> T:
-        """Queue `work` (at the front when `urgent`) and wait for its batch to finish."""
+        """Queue `work` (ahead of the others when `urgent`) and wait for its batch to finish."""
         job = _Job(work, self._waiter(), transition)
-        # deque appends are atomic; the thread takes jobs under `_ready`, after a kick.
         if urgent:
-            self._queue.appendleft(job)
+            self._urgent.append(job)
+            self._jobs.put(_NUDGE)
         else:
-            self._queue.append(job)
-        if not self._kick_pending:
-            self._kick_pending = True
-            self._kick_soon(self._kick)
+            self._jobs.put(job)
         try:
             await _sleep_on(job.waiter)
         except BaseException:
             # Cancelled: a job the thread has not taken yet is dropped; one it has taken is
             # waited for, so the caller's cancellation never splits a transaction.
-            with self._ready:
-                queued = job in self._queue
-                if queued:
-                    self._queue.remove(job)
-            if not queued:
+            with self._taking:
+                job.dropped = not job.taken
+            if job.taken:
                 with anyio.CancelScope(shield=True):
                     while not job.finished:  # the cancelled waiter cannot be waited on again
                         job.waiter = self._waiter()
@@ -475,19 +466,31 @@ class _Lane:
     def _waiter(self) -> Any:
         return anyio.Event() if self._aio is None else self._aio.create_future()
 
-    def _kick(self) -> None:
-        self._kick_pending = False
-        with self._ready:
-            self._ready.notify()
+    def _take(self, first: _Job) -> list[_Job]:
+        """The next batch: urgent jobs, then `first` and what is queued behind it."""
+        batch: list[_Job] = []
+        with self._taking:
+            while self._urgent:
+                self._claim(self._urgent.popleft(), batch)
+            job = first
+            while True:
+                self._claim(job, batch)
+                if len(batch) >= self._max_batch or job is _STOP:
+                    return batch
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    return batch
+
+    @staticmethod
+    def _claim(job: _Job, batch: list[_Job]) -> None:
+        if job is not _NUDGE and not job.dropped:
+            job.taken = True
+            batch.append(job)
 
     def _loop(self, wake_soon: Schedule) -> None:
         while True:
-            with self._ready:
-                while not self._queue:
-                    self._ready.wait()
-                batch: list[_Job] = []
-                while self._queue and len(batch) < self._max_batch:
-                    batch.append(self._queue.popleft())
+            batch = self._take(self._jobs.get())
             stop = _STOP in batch
             if stop:
                 batch.remove(_STOP)
@@ -656,7 +659,7 @@ class SQLiteStorage:
             self._commit_many(conn, ops)
             conn.execute("RELEASE together")
             return True
-        except Exception as exc:
+        except KeyError as exc:
             # A constraint or I/O error somewhere in the group: undo the group, then apply
             # its commits one by one, so only the one at fault fails.
             for op in ops:
