@@ -1,8 +1,8 @@
 """HTTP and SSE: ``goalkit serve`` under load on loopback, beside a minimal Starlette endpoint.
 
-    bash benchmarks/run http                 # in benchmarks/.venv (about 3 minutes)
-    python benchmarks/http.py --quick        # 1 s per figure, 1 run, a small SSE run: a smoke test
-    python benchmarks/http.py --duration 10 --repeat 5 --connections 64
+    bash benchmarks/run http                 # in benchmarks/.venv (about 5 minutes)
+    bash benchmarks/run http --quick         # 1 s per figure, 1 run, a small SSE run (~40 s)
+    python benchmarks/http.py --duration 10 --repeat 5 --client raw --no-sse
 
 Servers, each a real uvicorn process on 127.0.0.1 (a free port) on a fresh SQLite file in a
 temporary directory:
@@ -27,18 +27,27 @@ temporary directory:
   serve`` (see `uvicorn_settings`): one process, the standard library's asyncio loop, and
   uvicorn's ``http="auto"`` (httptools when installed, else h11: the table says which).
 
-The load generator is its own process: an ``httpx.AsyncClient`` with `--connections` (64)
-keep-alive connections, one task each, sending requests back to back for 1 s of warm-up and
-then `--duration` seconds (5) that are measured. ``create`` posts
-``{"description": …, "model": "idle"}``; ``get`` reads goals at random among 1,000 created
-beforehand through the same server's POST. Reported per run: requests completed per second
-in the measured window, their p50 and p99 latency, the server's CPU time per request
-(``/proc/<pid>/stat``, all its threads) and the client's CPU use. Any answer other than 201
-(create) or 200 (get) fails the run.
+The load generator is its own process with `--connections` (64) keep-alive connections, one
+task each, sending requests back to back for 1 s of warm-up and then `--duration` seconds (5)
+that are measured, in two versions (`--client`, both by default):
+
+* ``raw``: a hand-written HTTP/1.1 client on asyncio streams (one write per request, two
+  reads per response), which spends about 40 µs of CPU per request, so the server sets the
+  pace;
+* ``httpx``: one ``httpx.AsyncClient`` per connection, about 500 µs of CPU per request, so
+  on this machine it saturates its core near 2,000 requests/s, which either server can
+  answer. (A single client with a pool of 64 connections spends about 6 ms per request in
+  httpcore's pool bookkeeping and measures nothing but itself.)
+
+``create`` posts ``{"description": …, "model": "idle"}``; ``get`` reads goals at random among
+1,000 created beforehand through the same server's POST. Reported per run: requests completed
+per second in the measured window, their p50 and p99 latency, the server's CPU time per
+request (``/proc/<pid>/stat``, all its threads) and the client's CPU use. Any answer other
+than 201 (create) or 200 (get) fails the run.
 
 The machine has 2 cores and the client competes with the server for them. Unless
 ``--no-pin``, the server is pinned to CPU 0 and the client to CPU 1 (`os.sched_setaffinity`),
-the same for both servers, so neither steals the other's core; "client CPU" near 100 % means
+the same for both servers, so neither takes the other's core; "client CPU" near 100 % means
 the client, not the server, set the pace. The server's CPU per request does not depend on it.
 
 SSE (goalkit only): `--sse-goals` (100) goals of the model ``paced/<steps>/<ms>`` of the same
@@ -86,9 +95,9 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 RESULTS = HERE / "results" / "http.md"
 PLUGIN = HERE / "http_provider.py"
@@ -291,7 +300,9 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise RuntimeError(f"{self.kind} server did not stop on SIGTERM:\n{self.output()}")
+            raise RuntimeError(
+                f"{self.kind} server did not stop on SIGTERM:\n{self.output()}"
+            ) from None
         text = self.output()
         # uvicorn.Server.run re-raises the SIGTERM it handled once it has shut down (goalkit
         # serve makes that an exit 0): either is a clean stop.
@@ -326,6 +337,16 @@ def cpu_seconds(pid: int) -> float:
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Connection(Protocol):
+    """One keep-alive connection of the load generator."""
+
+    async def request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, bytes]: ...
+
+    async def close(self) -> None: ...
 
 
 class HttpxConnection:
@@ -389,21 +410,24 @@ class RawConnection:
             self.streams[1].close()
 
 
-CLIENTS = {"httpx": HttpxConnection, "raw": RawConnection}
+CLIENTS: dict[str, Callable[[str, dict[str, str]], Connection]] = {
+    "httpx": HttpxConnection,
+    "raw": RawConnection,
+}
 
 
 async def load(config: dict[str, Any]) -> dict[str, Any]:
     op, connections, duration = config["op"], config["connections"], config["duration"]
     headers = {"Authorization": f"Bearer {config['token']}"} if config["token"] else {}
     connect = CLIENTS[config["client"]]
-    pool = [connect(config["url"], headers) for _ in range(connections)]
+    pool: list[Connection] = [connect(config["url"], headers) for _ in range(connections)]
     body = json.dumps(BODY).encode()
     try:
         ids: list[str] = []
         if op == "get":
             todo = iter(range(config["prefill"]))
 
-            async def prefill(conn: HttpxConnection | RawConnection) -> None:
+            async def prefill(conn: Connection) -> None:
                 for _ in todo:
                     status, answer = await conn.request("POST", "/api/v1/goals", body)
                     if status != 201:
@@ -413,13 +437,13 @@ async def load(config: dict[str, Any]) -> dict[str, Any]:
             await asyncio.gather(*(prefill(conn) for conn in pool))
 
         loop = asyncio.get_running_loop()
-        start = loop.time() + WARMUP
+        start = loop.time() + config["warmup"]
         end = start + duration
         latencies: list[float] = []
         failures: list[str] = []
         cpu: dict[str, float] = {}
 
-        async def worker(conn: HttpxConnection | RawConnection) -> None:
+        async def worker(conn: Connection) -> None:
             while (sent := loop.time()) < end:
                 if op == "create":
                     status, answer = await conn.request("POST", "/api/v1/goals", body)
@@ -563,10 +587,10 @@ async def sse(config: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(
                 f"{len(not_ready)} subscribers did not get goal.created: {not_ready[0].error}"
             )
-        opened = time.time()
-        Path(config["gate"]).touch()
-        done, pending = await asyncio.wait(tasks, timeout=config["timeout"])
-        ended = time.time()
+        opened, cpu = time.time(), cpu_seconds(config["pid"])
+        await asyncio.to_thread(Path(config["gate"]).touch)
+        _, pending = await asyncio.wait(tasks, timeout=config["timeout"])
+        ended, cpu = time.time(), cpu_seconds(config["pid"]) - cpu
         for task in pending:
             task.cancel()
 
@@ -612,6 +636,7 @@ async def sse(config: dict[str, Any]) -> dict[str, Any]:
         "deliveries": deliveries,
         "latencies": latencies,
         "elapsed": ended - opened,
+        "server_cpu": cpu / (ended - opened),
     }
 
 
@@ -641,6 +666,7 @@ def measure_load(client: str, kind: str, op: str, args: argparse.Namespace) -> d
             "pid": s.pid,
             "connections": args.connections,
             "duration": args.duration,
+            "warmup": args.warmup,
             "prefill": args.prefill,
         }
         return run_child(
@@ -655,6 +681,7 @@ def measure_sse(args: argparse.Namespace) -> dict[str, Any]:
             "port": s.port,
             "token": s.token,
             "gate": str(s.gate),
+            "pid": s.pid,
             "goals": args.sse_goals,
             "subscribers": args.sse_subscribers,
             "steps": args.sse_steps,
@@ -723,7 +750,7 @@ def _http_table(
         else "no CPU pinning"
     )
     lines = [
-        f"HTTP on 127.0.0.1, {args.connections} keep-alive connections, {WARMUP:g} s warm-up "
+        f"HTTP on 127.0.0.1, {args.connections} keep-alive connections, {args.warmup:g} s warm-up "
         f"then {args.duration:g} s measured per run; median (min–max) of {args.repeat} runs, "
         f"each a fresh server and client process; {pinning}. Both servers: uvicorn "
         f"{uvicorn.__version__}, one process, asyncio loop, {http_impl()}, access log off.",
@@ -798,20 +825,23 @@ def _sse_table(args: argparse.Namespace, sse_runs: list[dict[str, Any]]) -> tupl
         "",
         "| subscribers | events stored | deliveries | each subscriber got every event once, "
         "in order | latency p50 ms | p90 ms | p99 ms | max ms | latencies | gate to last end, "
-        "s |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "s | server CPU |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {first['subscribers']} | {first['events']:,} | "
         f"{spread([x['deliveries'] for x in sse_runs], '{:,.0f}')} | {verdict} | "
         f"{spread(ms[0.5], '{:.1f}')} | {spread(ms[0.9], '{:.1f}')} | "
         f"{spread(ms[0.99], '{:.1f}')} | {spread(ms[1.0], '{:.1f}')} | "
         f"{spread([len(v) for v in lat], '{:,.0f}')} | "
-        f"{spread([x['elapsed'] for x in sse_runs], '{:.2f}')} |",
+        f"{spread([x['elapsed'] for x in sse_runs], '{:.2f}')} | "
+        f"{spread([x['server_cpu'] * 100 for x in sse_runs], '{:.0f}')} % |",
         "",
         "Latency: the subscriber's receive time minus the event's `ts` (stored at its commit, "
         "to the ms, same clock), over every delivered event after `goal.created` (which is "
         "stored before the subscribers connect). Checked per subscriber against the goal's "
         "events replayed from storage afterwards: ids 1..N with no gap or repeat, the same "
-        "events, `goal.completed` last, then the end of the response.",
+        "events, `goal.completed` last, then the end of the response. Server CPU: the server "
+        "process's CPU time from the gate's opening to the last stream's end over that time "
+        "(100 % is its whole core).",
         "",
     ]
     return lines, bool(failures)
@@ -820,6 +850,7 @@ def _sse_table(args: argparse.Namespace, sse_runs: list[dict[str, Any]]) -> tupl
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, help="measured seconds per run (5; 1 --quick)")
+    parser.add_argument("--warmup", type=float, default=WARMUP, help="seconds before measuring (1)")
     parser.add_argument("--repeat", type=int, help="runs per figure (default 3; 1 with --quick)")
     parser.add_argument("--connections", type=int, default=64, help="client connections (64)")
     parser.add_argument("--prefill", type=int, help=f"goals created before get ({PREFILL})")
@@ -838,6 +869,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sse-only", action="store_true", help="only the SSE run")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about 30 s")
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help="where to write the table (results/http.md)"
+    )
     parser.add_argument("--serve-starlette", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--sse", help=argparse.SUPPRESS)
@@ -846,7 +880,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_starlette(Path(args.serve_starlette[0]), int(args.serve_starlette[1]))
         return 0
     if args.load or args.sse:
-        result = asyncio.run(load(json.loads(args.load)) if args.load else sse(json.loads(args.sse)))
+        result = asyncio.run(
+            load(json.loads(args.load)) if args.load else sse(json.loads(args.sse))
+        )
         print(json.dumps(result))
         return 0
     args.clients = args.clients or ["raw", "httpx"]
@@ -857,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.sse_steps = args.sse_steps or (3 if args.quick else 10)
     if args.pin and (os.cpu_count() or 1) < 2:
         args.pin = False
-    if min(args.duration, args.repeat, args.connections, args.prefill) <= 0:
+    if min(args.duration, args.repeat, args.connections, args.prefill) <= 0 or args.warmup < 0:
         parser.error("--duration, --repeat, --connections and --prefill must be positive")
     if not 1 <= args.sse_steps <= 10:
         parser.error("--sse-steps must be from 1 to 10 (a goal's max_steps)")
@@ -869,9 +905,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     text, failed = table(args)
     print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"written to {RESULTS.relative_to(HERE.parent)}", file=sys.stderr)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"written to {args.output}", file=sys.stderr)
     if failed:
         print("SSE DELIVERY FAILED: see the table above", file=sys.stderr)
         return 1

@@ -37,13 +37,14 @@ _opened: anyio.Event | None = None
 async def _gate() -> None:
     global _opened
     path = os.environ.get(GATE_VARIABLE)
-    if not path or os.path.exists(path):
+    if not path or await anyio.Path(path).exists():
         return
     if _opened is not None:
         await _opened.wait()
         return
     _opened = anyio.Event()
-    while not os.path.exists(path):  # a stat call: microseconds, once per poll
+    # A file written by another process: there is nothing to wait on but its existence.
+    while not await anyio.Path(path).exists():  # noqa: ASYNC110
         await anyio.sleep(GATE_POLL)
     _opened.set()
 
