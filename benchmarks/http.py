@@ -1,6 +1,6 @@
 """HTTP and SSE: ``goalkit serve`` under load on loopback, beside a minimal Starlette endpoint.
 
-    bash benchmarks/run http                 # in benchmarks/.venv (about 5 minutes)
+    bash benchmarks/run http                 # in benchmarks/.venv (about 4 minutes)
     bash benchmarks/run http --quick         # 1 s per figure, 1 run, a small SSE run (~40 s)
     python benchmarks/http.py --duration 10 --repeat 5 --client raw --no-sse
 
@@ -32,11 +32,11 @@ task each, sending requests back to back for 1 s of warm-up and then `--duration
 that are measured, in two versions (`--client`, both by default):
 
 * ``raw``: a hand-written HTTP/1.1 client on asyncio streams (one write per request, two
-  reads per response), which spends about 40 µs of CPU per request, so the server sets the
-  pace;
+  reads per response), which spends about 50–70 µs of CPU per request, so the server sets
+  the pace;
 * ``httpx``: one ``httpx.AsyncClient`` per connection, about 500 µs of CPU per request, so
-  on this machine it saturates its core near 2,000 requests/s, which either server can
-  answer. (A single client with a pool of 64 connections spends about 6 ms per request in
+  on this machine it fills its core below 2,000 requests/s, less than either server
+  answers. (A single client with a pool of 64 connections spends about 6 ms per request in
   httpcore's pool bookkeeping and measures nothing but itself.)
 
 ``create`` posts ``{"description": …, "model": "idle"}``; ``get`` reads goals at random among
