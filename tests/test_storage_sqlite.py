@@ -709,7 +709,9 @@ class TestGroupCommit:
             await store.close()
         statements = [sql for _, sql in traced]
         renewal = next(
-            i for i, sql in enumerate(statements) if sql.startswith("UPDATE goals SET lease_expires")
+            i
+            for i, sql in enumerate(statements)
+            if sql.startswith("UPDATE goals SET lease_expires")
         )
         inserts = [i for i, sql in enumerate(statements) if sql.startswith("INSERT INTO events")]
         assert len(inserts) == 20
