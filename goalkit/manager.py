@@ -682,9 +682,11 @@ class GoalManager:
         goal_id = _goal_id(goal_id)
         ended = self._bus.watch_end(goal_id)
         try:
-            goal = await self.get(goal_id)
+            goal = await self._guarded.get_goal(goal_id, steps=False)
+            if goal is None:
+                raise GoalNotFound(goal_id)
             if goal.done:
-                return goal
+                return await self.get(goal_id)
             with anyio.fail_after(timeout):
                 while not ended.is_set():
                     with anyio.move_on_after(self.poll_interval):

@@ -637,9 +637,10 @@ class TestGroupCommit:
             else:
                 outcome[goal.id] = "ok"
 
-        async with anyio.create_task_group() as tg:
-            for goal in goals:
-                tg.start_soon(write, goal)
+        with anyio.fail_after(10):  # a writer thread killed by the error would hang here
+            async with anyio.create_task_group() as tg:
+                for goal in goals:
+                    tg.start_soon(write, goal)
         assert "NOT NULL" in outcome.pop(bad.id)
         assert set(outcome.values()) == {"ok"}
         assert await store.get_goal(bad.id) == bad

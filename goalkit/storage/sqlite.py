@@ -495,7 +495,11 @@ class _Lane:
             if stop:
                 batch.remove(_STOP)
             if batch:
-                self._run_batch(batch)
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # a bug: its callers get the error, never a hang
+                    for job in batch:
+                        job.result, job.error = None, exc
                 with suppress(Exception):  # the event loop is gone: nobody is waiting
                     wake_soon(partial(_wake, batch))
             if stop:
@@ -659,7 +663,7 @@ class SQLiteStorage:
             self._commit_many(conn, ops)
             conn.execute("RELEASE together")
             return True
-        except KeyError as exc:
+        except Exception as exc:
             # A constraint or I/O error somewhere in the group: undo the group, then apply
             # its commits one by one, so only the one at fault fails.
             for op in ops:
