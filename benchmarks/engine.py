@@ -16,9 +16,10 @@ each run two ways: one at a time (``create`` then ``wait``, goal after goal) and
 The provider is a plugin defined here: no sleep, ``run_step`` returns a short string. Commits
 are counted as a plugin author would: a `goalkit_storage` plugin serves ``counted+sqlite:///``
 by wrapping the built-in `SQLiteStorage` and counting its calls. "transitions/goal" counts
-`create_goal` + `commit` (each one SQLite transaction holding a state change); "write txns/goal"
-adds the lease transactions (`claim_goals`, `renew_leases`, `release_leases`, each a
-``BEGIN IMMEDIATE … COMMIT`` even when it changes nothing).
+`create_goal` + `commit` calls, the storage writes a goal waits for (a commit may chain two
+transitions, such as a step completed and the next one started; group commit then puts the
+writes of many goals in one SQLite transaction); "write txns/goal" adds the lease writes
+(`claim_goals`, `renew_leases`, `release_leases`).
 
 Baseline, measured in the same run: a plain `sqlite3` loop (no asyncio, no threads) writing the
 same number of event rows per goal as goalkit stores (9 for ``plan``, 5 for ``direct``), one
@@ -253,8 +254,9 @@ def table(goals: int, repeat: int) -> str:
         )
     lines += [
         "",
-        "transitions/goal: `create_goal` + `commit` calls (one SQLite transaction each); "
-        "write txns/goal adds the lease transactions (`claim_goals`, `renew_leases`), "
+        "transitions/goal: `create_goal` + `commit` calls, the writes a goal waits for (a "
+        "commit may chain two transitions; group commit shares SQLite transactions); "
+        "write txns/goal adds the lease writes (`claim_goals`, `renew_leases`), "
         "counted by a `goalkit_storage` plugin wrapping `SQLiteStorage`. "
         "× sqlite3 loop: goals/s as a ratio of the plain sqlite3 loop writing the same number "
         "of event rows per goal, one commit each, same durability. Peak RSS: the child "

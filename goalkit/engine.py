@@ -60,7 +60,7 @@ __all__ = ["Coordinator", "EventBus", "EventStream", "Inbox"]
 
 log = logging.getLogger("goalkit")
 
-Commit = Callable[[transitions.Transition], Awaitable[Event | None]]
+Commit = Callable[[transitions.Transition], Awaitable[tuple[Event, ...]]]
 
 INBOX_SIZE = 256
 """Events buffered per live subscriber before it falls back to reading storage."""
@@ -401,15 +401,33 @@ class Coordinator:
     publish_delta: Callable[[Event], None] | None = None
     """Where streamed text goes (the bus's live-only delivery), or None: live output off."""
     max_recoveries: int = 3
+    _deferred: transitions.Transition | None = attrs.field(default=None, init=False)
 
     async def _apply(self, transition: transitions.Transition) -> Goal:
-        event = await self.commit(transition)
-        goal = transition.goal
-        if event is not None and event.id != goal.last_event_id:
+        """Commit `transition`, after the write deferred by `_defer` if there is one."""
+        if self._deferred is not None:
+            transition = transitions.chain(self._deferred, transition)
+            self._deferred = None
+        events = await self.commit(transition)
+        goal = transition.links()[-1].goal
+        if events and events[-1].id != goal.last_event_id:
             # Storage numbers events; under our lease nobody else writes, so this is rare.
-            goal = attrs.evolve(goal, last_event_id=event.id)
+            goal = attrs.evolve(goal, last_event_id=events[-1].id)
         self.goal = goal
         return goal
+
+    def _defer(self, transition: transitions.Transition) -> Goal:
+        """Hold a write that needs no commit of its own: the next `_apply` chains it first.
+
+        Used for the writes that are followed by another before anything happens outside
+        (a step completed, then the next step started or the goal completed), so the two
+        share one commit. Every path after a `_defer` reaches an `_apply` before a provider
+        call or a sleep, so nothing outside ever waits on a write that is not stored.
+        """
+        assert self._deferred is None, "two writes deferred in a row"
+        self._deferred = transition
+        self.goal = transition.goal
+        return self.goal
 
     async def run(self) -> None:
         """Plan if needed, run every step not yet completed, then complete the goal."""
@@ -480,7 +498,7 @@ class Coordinator:
         else:
             plan, usage = await self._plan()
         transition = transitions.decomposed(self.goal, plan, now(), lease=self.lease, usage=usage)
-        await self._apply(transition)
+        self._defer(transition)  # committed with the first step's start
         return list(transition.steps)
 
     async def _plan(self) -> tuple[tuple[StepSpec, ...], Usage]:
@@ -608,7 +626,7 @@ class Coordinator:
                 transition = transitions.step_completed(
                     self.goal, step, result, now(), lease=self.lease, usage=usage
                 )
-                await self._apply(transition)
+                self._defer(transition)  # committed with the next step's start, or the end
                 return transition.steps[0]
             retry = not fault.final and will_retry(step.attempts, self.goal.max_retries)
             transition = transitions.step_failed(

@@ -483,15 +483,15 @@ class GoalManager:
                 )
             yield
 
-    async def _commit(self, transition: transitions.Transition) -> Event | None:
-        event = await self._store(transition.goal.id, partial(self._guarded.commit, transition))
+    async def _commit(self, transition: transitions.Transition) -> tuple[Event, ...]:
+        events = await self._store(transition.goal.id, partial(self._guarded.commit, transition))
         if transition.goal.recoveries == 0:
             self._suspect_cleared(transition.goal.id)  # it made progress: no suspect now
-        return event
+        return events
 
     async def _store(
-        self, goal_id: str, write: Callable[[], Awaitable[Event | None]]
-    ) -> Event | None:
+        self, goal_id: str, write: Callable[[], Awaitable[tuple[Event, ...]]]
+    ) -> tuple[Event, ...]:
         # Every write goes through here: stored first, then published. A goal driven here
         # has a write lock, which keeps publication in event order when a cancel and its
         # coordinator commit at once; a goal not driven here has one writer in this process
@@ -502,10 +502,11 @@ class GoalManager:
         await anyio.lowlevel.checkpoint_if_cancelled()
         async with self._write_locks.get(goal_id) or _UNLOCKED:
             with anyio.CancelScope(shield=True):
-                event = await write()
-                if event is not None and event.goal_id == goal_id:
-                    self._bus.publish(event)
-        return event
+                events = await write()
+                for event in events:
+                    if event.goal_id == goal_id:
+                        self._bus.publish(event)
+        return events
 
     def _provider(self, model: str) -> ModelProvider:
         provider = self._providers.get(model)
@@ -582,18 +583,19 @@ class GoalManager:
             max_tokens=spec.max_tokens,
         )
         transition = transitions.create(goal)
-        if idempotency_key is None:
-            write = partial(self._guarded.create_goal, transition)
-        else:
-            write = partial(
-                self._guarded.create_goal,
-                transition,
-                idempotency_key=idempotency_key,
-                fingerprint=_fingerprint(spec),
+        fingerprint = "" if idempotency_key is None else _fingerprint(spec)
+
+        async def write() -> tuple[Event, ...]:
+            if idempotency_key is None:
+                return (await self._guarded.create_goal(transition),)
+            return (
+                await self._guarded.create_goal(
+                    transition, idempotency_key=idempotency_key, fingerprint=fingerprint
+                ),
             )
+
         async with self._admit(spec.owner):
-            event = await self._store(goal.id, write)
-        assert event is not None
+            (event,) = await self._store(goal.id, write)
         if event.goal_id != goal.id:  # the key was used before: that goal is the answer
             return await self.get(event.goal_id)
         self._wake.set()

@@ -17,6 +17,7 @@ from goalkit.models import JSON, NO_USAGE, ErrorInfo, Goal, Step, StepSpec, Usag
 __all__ = [
     "Transition",
     "cancel",
+    "chain",
     "complete",
     "create",
     "decomposed",
@@ -30,7 +31,8 @@ __all__ = [
 
 @attrs.frozen
 class Transition:
-    """One atomic write: the goal's new row, changed steps, and (usually) one event.
+    """One atomic write: the goal's new row, changed steps, and (usually) one event, then
+    the writes chained after it, if any (`then`).
 
     The fences say when the write must be refused: `lease` — only while this lease owner
     still holds the goal (the engine's writes); `version` — only while the goal's newest
@@ -46,6 +48,33 @@ class Transition:
     data: dict[str, JSON] = attrs.field(factory=dict)
     lease: str | None = None
     version: int | None = None
+    then: Transition | None = None
+    """A write of the same goal applied right after this one, in the same transaction (see
+    `chain`): both or neither."""
+
+    def links(self) -> tuple[Transition, ...]:
+        """This transition and those chained after it, in the order they apply."""
+        found: list[Transition] = []
+        link: Transition | None = self
+        while link is not None:
+            found.append(link)
+            link = link.then
+        return tuple(found)
+
+
+def chain(first: Transition, then: Transition) -> Transition:
+    """`first` followed by `then` as one atomic write: one transaction, one commit.
+
+    `then` must have been built from the goal `first` leaves (``first.goal``). Storage checks
+    each link's fences after applying the links before it, and refuses the whole chain if one
+    is refused. The engine chains a write that needs no commit of its own (a step completed)
+    with the next one (the next step started), halving the commits between provider calls.
+    """
+    if then.goal.id != first.goal.id:
+        raise ValueError("chained transitions must be of the same goal")
+    if first.then is not None:
+        return attrs.evolve(first, then=chain(first.then, then))
+    return attrs.evolve(first, then=then)
 
 
 def _moved(goal: Goal, now: int, **changes: Any) -> Goal:

@@ -593,10 +593,9 @@ class TestFencing:
             )
             assert [e.type for e in await b.read_events(goal.id)] == ["goal.created"]
             # B still holds the lease and writes.
-            event = await b.commit(
+            (event,) = await b.commit(
                 transitions.decomposed(stored, (StepSpec("y"),), int(time.time()), lease="owner-b")
             )
-            assert event is not None
             assert event.id == 2
             assert await b.renew_leases("owner-b", [goal.id], ttl=5) == {goal.id}
 

@@ -60,7 +60,7 @@ class TestFinalFailureSurvivesACrash:
                 plugin = self
 
                 class Flaky(MemoryStorage):
-                    async def commit(self, transition: Any) -> Event | None:
+                    async def commit(self, transition: Any) -> tuple[Event, ...]:
                         if transition.event == "goal.failed" and not plugin.lost:
                             plugin.lost = True
                             raise StorageError("disk I/O error (injected)")

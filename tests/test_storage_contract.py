@@ -177,15 +177,16 @@ class TestEventNumbering:
     async def test_commit_returns_stored_event(self, store: Storage) -> None:
         """`commit` returns the event exactly as `read_events` later gives it back."""
         goal = await run_plan(store, await claimed(store), ["a"])
-        event = await store.commit(transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
-        assert event is not None
+        (event,) = await store.commit(
+            transitions.step_started(goal, goal.steps[0], NOW, lease="m1")
+        )
         assert event.id == 3
         assert (await store.read_events(goal.id, after=2)) == [event]
 
     async def test_commit_without_event_returns_none(self, store: Storage) -> None:
-        """A transition with no event returns None and keeps the event count."""
+        """A transition with no event returns no events and keeps the event count."""
         goal = await claimed(store)
-        assert await store.commit(transitions.decomposing(goal, NOW, lease="m1")) is None
+        assert await store.commit(transitions.decomposing(goal, NOW, lease="m1")) == ()
         assert len(await store.read_events(goal.id)) == 1
 
     async def test_read_events_after_and_limit(self, store: Storage) -> None:
@@ -207,6 +208,76 @@ class TestEventNumbering:
         second = await create(store)
         assert first.last_event_id == 2
         assert [e.id for e in await store.read_events(second.id)] == [1]
+
+
+class TestChains:
+    """A chained transition (`transitions.chain`) is one write: every link, or none."""
+
+    async def test_a_chain_applies_every_link_in_order(self, store: Storage) -> None:
+        """Step 1 completed and step 2 started in one commit: two events, numbered on."""
+        goal = await run_plan(store, await claimed(store), ["a", "b"])
+        goal = await apply(store, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+        done = transitions.step_completed(goal, goal.steps[0], "A", NOW + 1, lease="m1")
+        start = transitions.step_started(done.goal, goal.steps[1], NOW + 2, lease="m1")
+        events = await store.commit(transitions.chain(done, start))
+        assert [(e.id, e.type) for e in events] == [
+            (4, "goal.step_completed"),
+            (5, "goal.step_started"),
+        ]
+        assert await store.read_events(goal.id, after=3) == list(events)
+        after = await store.get_goal(goal.id)
+        assert after is not None
+        assert (after.last_event_id, after.steps_completed, after.current_step) == (5, 1, 2)
+        assert [(s.status, s.result) for s in after.steps] == [
+            ("completed", "A"),
+            ("running", None),
+        ]
+
+    async def test_the_last_link_may_end_the_goal(self, store: Storage) -> None:
+        """A chain ending in `complete` releases the lease like a single terminal write."""
+        goal = await run_plan(store, await claimed(store), ["a"])
+        goal = await apply(store, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+        done = transitions.step_completed(goal, goal.steps[0], "A", NOW + 1, lease="m1")
+        end = transitions.complete(done.goal, "A", NOW + 1, lease="m1")
+        events = await store.commit(transitions.chain(done, end))
+        assert [e.type for e in events] == ["goal.step_completed", "goal.completed"]
+        stored = await store.get_goal(goal.id)
+        assert stored is not None and stored.status == "completed"
+        assert await store.claim_goals("m2", ttl=60, limit=5, exclude=()) == []
+
+    async def test_a_refused_link_refuses_the_chain(self, store: Storage) -> None:
+        """A later link whose fence fails leaves the goal exactly as it was."""
+        goal = await run_plan(store, await claimed(store), ["a", "b"])
+        goal = await apply(store, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+        done = transitions.step_completed(goal, goal.steps[0], "A", NOW + 1, lease="m1")
+        stolen = transitions.step_started(done.goal, goal.steps[1], NOW + 2, lease="m2")
+        with pytest.raises(LeaseLost):
+            await store.commit(transitions.chain(done, stolen))
+        assert await store.get_goal(goal.id) == goal
+        assert len(await store.read_events(goal.id)) == 3
+
+    async def test_a_link_after_the_end_is_refused(self, store: Storage) -> None:
+        """Nothing may follow a terminal link: its lease is gone once the goal has ended."""
+        goal = await run_plan(store, await claimed(store), ["a"])
+        end = transitions.fail(goal, ErrorInfo("x", "y"), NOW, lease="m1")
+        more = transitions.step_started(end.goal, goal.steps[0], NOW, lease="m1")
+        with pytest.raises(LeaseLost):
+            await store.commit(transitions.chain(end, more))
+        assert await store.get_goal(goal.id) == goal
+
+    async def test_unserialisable_data_in_a_link_refuses_the_chain(self, store: Storage) -> None:
+        """Data that is not JSON in any link: an error, and nothing of the chain is stored."""
+        goal = await run_plan(store, await claimed(store), ["a", "b"])
+        start = transitions.step_started(goal, goal.steps[0], NOW, lease="m1")
+        bad = transitions.step_completed(start.goal, start.steps[0], object(), NOW, lease="m1")
+        with pytest.raises((StorageError, TypeError)):
+            await store.commit(transitions.chain(start, bad))
+        assert await store.get_goal(goal.id) == goal
+
+    def test_chains_are_of_one_goal(self) -> None:
+        first, other = new_goal(), new_goal()
+        with pytest.raises(ValueError, match="same goal"):
+            transitions.chain(transitions.cancel(first, NOW), transitions.cancel(other, NOW))
 
 
 class TestFences:
@@ -256,8 +327,7 @@ class TestFences:
         """A cancel at the current version ends the goal and cancels its unfinished steps."""
         goal = await run_plan(store, await claimed(store), ["a", "b"])
         goal = await apply(store, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
-        event = await store.commit(transitions.cancel(goal, NOW + 9))
-        assert event is not None
+        (event,) = await store.commit(transitions.cancel(goal, NOW + 9))
         assert (event.id, event.type) == (4, "goal.cancelled")
         after = await store.get_goal(goal.id)
         assert after is not None

@@ -446,10 +446,9 @@ class TestConcurrency:
         returned: list[Event] = []
 
         async def commit() -> None:
-            event = await store.commit(
+            (event,) = await store.commit(
                 transitions.step_started(goal, goal.steps[0], NOW, lease="m1")
             )
-            assert event is not None
             returned.append(event)
 
         async with anyio.create_task_group() as tg:

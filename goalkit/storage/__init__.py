@@ -32,8 +32,9 @@ class Storage(Protocol):
     Rules every backend keeps:
 
     * `create_goal` and `commit` are each one transaction: the goal row, the steps and the
-      event are written together or not at all; the event is numbered one more than the
-      goal's newest event, so each goal's log runs 1, 2, 3 … without gaps.
+      event (every link's, for a chained transition) are written together or not at all;
+      each event is numbered one more than the goal's newest event, so each goal's log runs
+      1, 2, 3 … without gaps.
     * `commit` refuses a fenced write: `LeaseLost` when `transition.lease` is set and another
       owner (or nobody) holds the goal's lease, `GoalConflict` when `transition.version` is set
       and the goal has moved past it, `GoalNotFound` for an unknown goal. A write that makes
@@ -58,8 +59,13 @@ class Storage(Protocol):
         caller); `GoalConflict` if the earlier request had another `fingerprint`.
         """
 
-    async def commit(self, transition: Transition) -> Event | None:
-        """Apply one transition atomically; return its event (None when it has none)."""
+    async def commit(self, transition: Transition) -> tuple[Event, ...]:
+        """Apply a transition and those chained after it (`Transition.then`) atomically.
+
+        Each link's fences are checked after the links before it are applied; one refused
+        link refuses the whole chain. Returns the events appended, in order (none for a
+        state-only transition such as ``decomposing``).
+        """
 
     async def get_goal(self, goal_id: str, *, steps: bool = True) -> Goal | None:
         """The goal with its steps (or without, when `steps` is False), or None."""
@@ -145,7 +151,7 @@ class Guarded:
             ),
         )
 
-    async def commit(self, transition: Transition) -> Event | None:
+    async def commit(self, transition: Transition) -> tuple[Event, ...]:
         return await self._call("commit", partial(self.inner.commit, transition))
 
     async def get_goal(self, goal_id: str, *, steps: bool = True) -> Goal | None:

@@ -99,15 +99,21 @@ class MemoryStorage:
         assert event is not None  # checked above
         return event
 
-    async def commit(self, transition: Transition) -> Event | None:
+    async def commit(self, transition: Transition) -> tuple[Event, ...]:
         record = self._record(transition.goal.id)
-        if transition.lease is not None and (
-            record.lease_owner != transition.lease or record.goal.done
-        ):
-            raise LeaseLost(f"lease on goal {record.goal.id!r} is no longer held")
-        if transition.version is not None and record.goal.last_event_id != transition.version:
-            raise GoalConflict(f"goal {record.goal.id!r} changed meanwhile")
-        return self._append(record, transition)
+        links = transition.links()
+        # Every link is checked before any is applied: a chain is written whole or not at all.
+        last, status, holder = record.goal.last_event_id, record.goal.status, record.lease_owner
+        for link in links:
+            if link.lease is not None and (holder != link.lease or status != "active"):
+                raise LeaseLost(f"lease on goal {record.goal.id!r} is no longer held")
+            if link.version is not None and last != link.version:
+                raise GoalConflict(f"goal {record.goal.id!r} changed meanwhile")
+            json.dumps(link.data)  # not JSON: refused here, before any link is applied
+            last += link.event is not None
+            status = link.goal.status
+            holder = None if link.goal.done else holder
+        return tuple(event for link in links if (event := self._append(record, link)) is not None)
 
     def _full(self, record: _Record, steps: bool = True) -> Goal:
         if not steps:

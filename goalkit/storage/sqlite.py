@@ -260,6 +260,11 @@ def _dump_error(error: ErrorInfo | None) -> str | None:
     return None if error is None else _dump(error.to_dict())
 
 
+def _lease_after(transition: Transition, holder: str | None) -> str | None:
+    """Who holds the goal's lease once `transition` is applied: nobody once it has ended."""
+    return None if transition.goal.done else holder
+
+
 def _goal(row: Sequence[Any], steps: tuple[Step, ...] = ()) -> Goal:
     """A goal from a row of `_GOAL_FIELDS`, in that order."""
     return Goal(
@@ -899,32 +904,39 @@ class SQLiteStorage:
 
     @staticmethod
     def _fence(
-        goal_id: str, row: Sequence[Any] | None, transition: Transition
+        goal_id: str, row: tuple[str, int, str | None], link: Transition
     ) -> GoalkitError | None:
-        """Why the write is refused, given the goal's (status, last_event_id, lease_owner)."""
-        if row is None:
-            return GoalNotFound(goal_id)
+        """Why a write is refused, given the goal's (status, last_event_id, lease_owner)."""
         status, last, lease_owner = row
-        if transition.lease is not None and (lease_owner != transition.lease or status != "active"):
+        if link.lease is not None and (lease_owner != link.lease or status != "active"):
             return LeaseLost(f"lease on goal {goal_id!r} is no longer held")
-        if transition.version is not None and last != transition.version:
+        if link.version is not None and last != link.version:
             return GoalConflict(f"goal {goal_id!r} changed meanwhile")
         return None
 
-    async def commit(self, transition: Transition) -> Event | None:
+    async def commit(self, transition: Transition) -> tuple[Event, ...]:
         goal_id = transition.goal.id
 
-        def work(conn: sqlite3.Connection) -> Event | None:
+        def work(conn: sqlite3.Connection) -> tuple[Event, ...]:
             row = conn.execute(
                 "SELECT seq, workflow_id, status, last_event_id, lease_owner "
                 "FROM goals WHERE id = ?",
                 (goal_id,),
             ).fetchone()
-            refused = self._fence(goal_id, row and row[2:], transition)
-            if refused is not None:
-                raise refused
-            seq, workflow_id, _, last, _ = row
-            return self._apply(conn, seq, workflow_id, last, transition)
+            if row is None:
+                raise GoalNotFound(goal_id)
+            seq, workflow_id, status, last, lease_owner = row
+            events: list[Event] = []
+            for link in transition.links():  # a refusal rolls the job's savepoint back
+                refused = self._fence(goal_id, (status, last, lease_owner), link)
+                if refused is not None:
+                    raise refused
+                event = self._apply(conn, seq, workflow_id, last, link)
+                if event is not None:
+                    events.append(event)
+                    last = event.id
+                status, lease_owner = link.goal.status, _lease_after(link, lease_owner)
+            return tuple(events)
 
         return await self._write(work, transition=transition)
 
@@ -953,26 +965,42 @@ class SQLiteStorage:
         for op in ops:
             transition = op.transition
             assert transition is not None
-            goal = transition.goal
-            found = state.get(goal.id)
-            refused = cls._fence(goal.id, found and found[2:], transition)
+            goal_id = transition.goal.id
+            found = state.get(goal_id)
+            if found is None:
+                op.error = GoalNotFound(goal_id)
+                continue
+            seq, workflow_id, status, last, lease_owner = found
+            own_steps: list[tuple[Any, ...]] = []
+            own_events: list[tuple[Any, ...]] = []
+            own_goals: list[tuple[Any, ...]] = []
+            appended: list[Event] = []
+            refused: Exception | None = None
+            for link in transition.links():  # all of a chain, or none of it
+                refused = cls._fence(goal_id, (status, last, lease_owner), link)
+                if refused is not None:
+                    break
+                try:
+                    step_rows, event_row, goal_row, event = cls._rows(seq, workflow_id, last, link)
+                except StorageError as exc:
+                    refused = exc
+                    break
+                own_steps += step_rows
+                if event_row is not None:
+                    own_events.append(event_row)
+                own_goals.append(goal_row)
+                if event is not None:
+                    appended.append(event)
+                    last = event.id
+                status, lease_owner = link.goal.status, _lease_after(link, lease_owner)
             if refused is not None:
                 op.error = refused
                 continue
-            assert found is not None
-            seq, workflow_id, _, last, lease_owner = found
-            try:
-                step_rows, event_row, goal_row, op.result = cls._rows(
-                    seq, workflow_id, last, transition
-                )
-            except StorageError as exc:
-                op.error = exc
-                continue
-            steps += step_rows
-            if event_row is not None:
-                events.append(event_row)
-            goals.append(goal_row)
-            found[2:] = [goal.status, goal_row[9], None if goal.done else lease_owner]
+            steps += own_steps
+            events += own_events
+            goals += own_goals
+            op.result = tuple(appended)
+            found[2:] = [status, last, lease_owner]
         if steps:
             conn.executemany(_UPSERT_STEP, steps)
         if events:
