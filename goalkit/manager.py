@@ -160,6 +160,11 @@ class GoalManager:
         self.owner_id = f"mgr-{secrets.token_hex(6)}"
         self._bus = EventBus()
         self._running: dict[str, anyio.CancelScope] = {}
+        self._reserved = 0  # slots held by creations that will run their goal here
+        # Goals may be waiting for a slot: one was created here while every slot was taken,
+        # or the last claim took all it asked for. A freed slot then claims at once; without
+        # a backlog it waits for the poll (goals of other managers that were all busy).
+        self._backlog = True
         self._cooldown: dict[str, float] = {}
         # Poison-goal isolation: a goal recovered more than once (or max_recoveries times,
         # when that is lower) runs here only alone among such goals, so a goal that kills
@@ -287,9 +292,10 @@ class GoalManager:
     async def _schedule(self) -> None:
         while True:
             self._wake = anyio.Event()
-            free = self.max_concurrent - len(self._running)
+            free = self.max_concurrent - len(self._running) - self._reserved
             if free > 0:
                 secured = anyio.current_time()
+                self._backlog = False  # a creation while the claim runs sets it again
                 try:
                     # Shielded: a claim that reached storage must reach a coordinator, whose
                     # exit releases the lease again if the manager is closing.
@@ -300,20 +306,23 @@ class GoalManager:
                 except Exception:
                     log.exception("claiming goals failed; trying again")
                     goals = []
-                goals = await self._isolate(goals)
-                for goal in goals:
-                    # The scope's deadline is this process's view of the lease: should
-                    # renewals fail, the coordinator stops before another manager may
-                    # claim the goal, so two never run it at once.
-                    scope = anyio.CancelScope(deadline=secured + self._lease_margin)
-                    self._running[goal.id] = scope
-                    self._write_locks[goal.id] = anyio.Lock(fast_acquire=True)
-                    assert self._engine is not None
-                    self._engine.start_soon(
-                        self._drive, goal, scope, name=f"goalkit coordinator {goal.id}"
-                    )
+                    self._backlog = True
+                self._backlog = self._backlog or len(goals) >= free
+                for goal in await self._isolate(goals):
+                    self._start(goal, secured)
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
+
+    def _start(self, goal: Goal, secured: float) -> None:
+        """Run a goal whose lease this manager took at `secured` (its clock) or later."""
+        # The scope's deadline is this process's view of the lease: should renewals fail,
+        # the coordinator stops before another manager may claim the goal, so two never
+        # run it at once.
+        scope = anyio.CancelScope(deadline=secured + self._lease_margin)
+        self._running[goal.id] = scope
+        self._write_locks[goal.id] = anyio.Lock(fast_acquire=True)
+        assert self._engine is not None
+        self._engine.start_soon(self._drive, goal, scope, name=f"goalkit coordinator {goal.id}")
 
     async def _isolate(self, goals: list[Goal]) -> list[Goal]:
         """The claimed goals to run now; suspects beyond the one allowed are handed back."""
@@ -439,7 +448,8 @@ class GoalManager:
             self._running.pop(goal.id, None)
             self._write_locks.pop(goal.id, None)
             self._suspect_cleared(goal.id)
-            self._wake.set()
+            if self._backlog:
+                self._wake.set()  # a freed slot, and goals may be waiting: claim now
             if self._closing:
                 await self._release(goal.id)
 
@@ -584,21 +594,37 @@ class GoalManager:
         )
         transition = transitions.create(goal)
         fingerprint = "" if idempotency_key is None else _fingerprint(spec)
+        # With a free slot, the goal is created already leased to this manager and runs at
+        # once: no claim, and no wait for the scheduler.
+        run_here = not self._closing and (len(self._running) + self._reserved < self.max_concurrent)
+
+        secured = anyio.current_time()
 
         async def write() -> tuple[Event, ...]:
-            if idempotency_key is None:
-                return (await self._guarded.create_goal(transition),)
-            return (
-                await self._guarded.create_goal(
-                    transition, idempotency_key=idempotency_key, fingerprint=fingerprint
-                ),
+            nonlocal secured
+            secured = anyio.current_time()  # the lease starts after this, in storage
+            event = await self._guarded.create_goal(
+                transition,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+                lease_owner=self.owner_id if run_here else None,
+                lease_ttl=self.lease_ttl,
             )
+            return (event,)
 
-        async with self._admit(spec.owner):
-            (event,) = await self._store(goal.id, write)
+        self._reserved += run_here
+        try:
+            async with self._admit(spec.owner):
+                (event,) = await self._store(goal.id, write)
+        finally:
+            self._reserved -= run_here
         if event.goal_id != goal.id:  # the key was used before: that goal is the answer
             return await self.get(event.goal_id)
-        self._wake.set()
+        if run_here:
+            self._start(transition.goal, secured)  # no await since the write: cannot be lost
+        else:
+            self._backlog = True
+            self._wake.set()
         return transition.goal
 
     async def authenticate(self, token: str) -> Principal | None:

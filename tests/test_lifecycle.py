@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -518,6 +519,33 @@ class TestConcurrencyLimit:
             finished = [await manager.wait(g) for g in goals]
         assert {g.status for g in finished} == {"completed"}
         assert provider.peak == 2
+
+    async def test_a_goal_created_with_a_free_slot_runs_without_a_claim(self, url: str) -> None:
+        """A free slot: the goal is stored leased to its creator and runs at once. No free
+        slot: it waits unleased, and the scheduler claims it when a slot frees up."""
+        provider = GatedProvider()
+        claimed: list[str] = []
+        async with manager_for(url, provider, max_concurrent=1) as manager:
+            store: Any = manager.storage
+            claim = store.claim_goals
+
+            async def counted(*args: Any, **kwargs: Any) -> list[Goal]:
+                goals: list[Goal] = await claim(*args, **kwargs)
+                claimed.extend(goal.id for goal in goals)
+                return goals
+
+            store.claim_goals = counted
+            first = await manager.create("one", model="gated", mode="direct")
+            assert manager.running == {first.id}  # started by create itself
+            await provider.started[first.id].wait()
+            second = await manager.create("two", model="gated", mode="direct")
+            assert manager.running == {first.id}
+            provider.gates[first.id].set()
+            await provider.started[second.id].wait()
+            provider.gates[second.id].set()
+            done = [await manager.wait(g.id) for g in (first, second)]
+        assert [g.status for g in done] == ["completed", "completed"]
+        assert claimed == [second.id]
 
 
 class TestManagerIsolation:

@@ -12,6 +12,7 @@ import textwrap
 import uuid
 from collections.abc import Awaitable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -280,8 +281,8 @@ class CountingStorage:
         self.closed = True
         await self.inner.close()
 
-    async def create_goal(self, transition: Transition) -> Event:
-        return await self.inner.create_goal(transition)
+    async def create_goal(self, transition: Transition, **options: Any) -> Event:
+        return await self.inner.create_goal(transition, **options)
 
     async def commit(self, transition: Transition) -> tuple[Event, ...]:
         events = await self.inner.commit(transition)

@@ -516,6 +516,18 @@ class TestClaim:
         assert await store.claim_goals("m3", ttl=60, limit=5) == []
         assert await store.claim_goals("m3", ttl=60, limit=0) == []
 
+    async def test_a_goal_created_leased_is_not_claimable(self, store: Storage) -> None:
+        """`create_goal(lease_owner=…)` stores the goal leased, as a claim would have."""
+        goal = new_goal()
+        await store.create_goal(transitions.create(goal), lease_owner="m1", lease_ttl=60)
+        assert await store.claim_goals("m2", ttl=60, limit=5) == []
+        assert await store.renew_leases("m1", [goal.id], ttl=60) == {goal.id}
+        stored = await store.get_goal(goal.id)
+        assert stored is not None
+        await store.commit(transitions.decomposing(stored, NOW, lease="m1"))
+        with pytest.raises(LeaseLost):
+            await store.commit(transitions.decomposing(stored, NOW, lease="m2"))
+
     async def test_returns_goals_with_steps(self, store: Storage) -> None:
         """A claimed goal comes back as `get_goal` gives it, steps included."""
         goal = await run_plan(store, await claimed(store), ["a", "b"])

@@ -691,11 +691,19 @@ class TestGroupCommit:
             raw.execute("BEGIN IMMEDIATE")  # the writer stalls: a backlog builds up
             try:
                 async with anyio.create_task_group() as tg:
-                    for goal in goals:
+
+                    def commit(goal: Goal) -> None:
                         tg.start_soon(
                             store.commit,
                             transitions.step_started(goal, goal.steps[0], NOW, lease="m1"),
                         )
+
+                    commit(goals[0])
+                    with anyio.fail_after(10):  # until the writer waits for the lock
+                        while "BEGIN IMMEDIATE" not in (sql for _, sql in traced):
+                            await anyio.sleep(0.01)
+                    for goal in goals[1:]:
+                        commit(goal)
                     await anyio.wait_all_tasks_blocked()
                     tg.start_soon(
                         partial(store.renew_leases, "m1", [g.id for g in goals[:3]], ttl=60.0)
@@ -715,8 +723,8 @@ class TestGroupCommit:
         )
         inserts = [i for i, sql in enumerate(statements) if sql.startswith("INSERT INTO events")]
         assert len(inserts) == 20
-        # At most the one batch the writer had already taken may precede the renewal.
-        assert sum(i < renewal for i in inserts) <= 1
+        # Only the write the writer had already taken when the backlog built up comes first.
+        assert sum(i < renewal for i in inserts) == 1
 
     async def test_write_after_close_is_refused(self, db_path: Path) -> None:
         """A write to a closed store is a StorageError, not a hang."""

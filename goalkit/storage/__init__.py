@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from goalkit.errors import GoalkitError, StorageError
 from goalkit.models import Event, Goal, Page, Status
@@ -49,7 +49,13 @@ class Storage(Protocol):
         """Release connections; the store stays as it is on disk."""
 
     async def create_goal(
-        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+        self,
+        transition: Transition,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        lease_owner: str | None = None,
+        lease_ttl: float = 0.0,
     ) -> Event:
         """Insert a new goal (`transitions.create`) and return its `goal.created` event.
 
@@ -57,6 +63,9 @@ class Storage(Protocol):
         transaction. If that owner already used the key, nothing is written and the
         `goal.created` event of the earlier goal is returned instead (its `goal_id` tells the
         caller); `GoalConflict` if the earlier request had another `fingerprint`.
+        With a `lease_owner`, the new goal is stored already leased to it for `lease_ttl`
+        seconds, as `claim_goals` would lease it: the creating manager runs it at once,
+        without a claim of its own.
         """
 
     async def commit(self, transition: Transition) -> tuple[Event, ...]:
@@ -137,18 +146,23 @@ class Guarded:
         await self._call("close", self.inner.close)
 
     async def create_goal(
-        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+        self,
+        transition: Transition,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        lease_owner: str | None = None,
+        lease_ttl: float = 0.0,
     ) -> Event:
-        if idempotency_key is None:  # backends written before idempotency keys take none
-            return await self._call("create_goal", partial(self.inner.create_goal, transition))
+        # Only the options in use are passed on, so a backend that takes none still serves
+        # the calls that need none.
+        options: dict[str, Any] = {}
+        if idempotency_key is not None:
+            options.update(idempotency_key=idempotency_key, fingerprint=fingerprint)
+        if lease_owner is not None:
+            options.update(lease_owner=lease_owner, lease_ttl=lease_ttl)
         return await self._call(
-            "create_goal",
-            partial(
-                self.inner.create_goal,
-                transition,
-                idempotency_key=idempotency_key,
-                fingerprint=fingerprint,
-            ),
+            "create_goal", partial(self.inner.create_goal, transition, **options)
         )
 
     async def commit(self, transition: Transition) -> tuple[Event, ...]:

@@ -76,7 +76,13 @@ class MemoryStorage:
         return event
 
     async def create_goal(
-        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+        self,
+        transition: Transition,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        lease_owner: str | None = None,
+        lease_ttl: float = 0.0,
     ) -> Event:
         goal = transition.goal
         if transition.event is None:
@@ -93,6 +99,8 @@ class MemoryStorage:
             self._idempotency[key] = (goal.id, fingerprint)
         self._seq += 1
         record = _Record(goal=attrs.evolve(goal, last_event_id=0, steps=()), seq=self._seq)
+        if lease_owner is not None:
+            record.lease_owner, record.lease_expires = lease_owner, time.time() + lease_ttl
         self._goals[goal.id] = record
         self._by_workflow.setdefault(goal.workflow_id, []).append(goal.id)
         event = self._append(record, transition)

@@ -212,8 +212,9 @@ _SELECT_STEPS = (
 _INSERT_GOAL = """
     INSERT INTO goals (id, workflow_id, description, model, mode, max_steps, max_retries, tags,
         owner, status, phase, total_steps, steps_completed, current_step, result, error,
-        created_at, updated_at, completed_at, max_tokens, input_tokens, output_tokens)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        created_at, updated_at, completed_at, max_tokens, input_tokens, output_tokens,
+        lease_owner, lease_expires)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO NOTHING
 """
 _UPSERT_STEP = """
@@ -770,7 +771,13 @@ class SQLiteStorage:
             await anyio.to_thread.run_sync(self._disconnect)
 
     async def create_goal(
-        self, transition: Transition, *, idempotency_key: str | None = None, fingerprint: str = ""
+        self,
+        transition: Transition,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        lease_owner: str | None = None,
+        lease_ttl: float = 0.0,
     ) -> Event:
         goal = transition.goal
         if transition.event is None:
@@ -801,6 +808,7 @@ class SQLiteStorage:
         )
 
         def work(conn: sqlite3.Connection) -> Event:
+            expires = 0.0 if lease_owner is None else time.time() + lease_ttl
             if idempotency_key is not None:
                 earlier = conn.execute(
                     "SELECT goal_id, fingerprint FROM idempotency_keys WHERE owner = ? AND key = ?",
@@ -810,7 +818,7 @@ class SQLiteStorage:
                     if earlier[1] != fingerprint:
                         raise GoalConflict(KEY_REUSED)
                     return self._first_event(conn, earlier[0])
-            cursor = conn.execute(_INSERT_GOAL, row)
+            cursor = conn.execute(_INSERT_GOAL, (*row, lease_owner, expires))
             if cursor.rowcount == 0:
                 raise GoalConflict(f"goal {goal.id!r} already exists")
             if idempotency_key is not None:
