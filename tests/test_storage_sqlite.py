@@ -699,8 +699,10 @@ class TestGroupCommit:
                         )
 
                     commit(goals[0])
-                    with anyio.fail_after(10):  # until the writer waits for the lock
-                        while "BEGIN IMMEDIATE" not in (sql for _, sql in traced):
+                    # Until the writer waits for the lock (seen from its own thread, by the
+                    # trace callback: nothing on this loop could be an Event to wait on).
+                    with anyio.fail_after(10):
+                        while "BEGIN IMMEDIATE" not in (sql for _, sql in traced):  # noqa: ASYNC110
                             await anyio.sleep(0.01)
                     for goal in goals[1:]:
                         commit(goal)
