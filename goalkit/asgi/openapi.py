@@ -269,8 +269,23 @@ def _schemas() -> dict[str, Any]:
         },
         "Meta": {
             "type": "object",
-            "required": ["total", "limit", "offset"],
-            "properties": {"total": _INT, "limit": _INT, "offset": _INT},
+            "required": ["total", "limit", "offset", "next_cursor"],
+            "properties": {
+                "total": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Goals matching the filters, on every page.",
+                },
+                "limit": _INT,
+                "offset": {
+                    "type": ["integer", "null"],
+                    "description": "The page's offset; null for a page asked for by cursor.",
+                },
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Send as `cursor` for the next page; null on the last.",
+                },
+            },
         },
         "Event": {
             "type": "object",
