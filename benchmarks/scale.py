@@ -3,12 +3,15 @@
     python benchmarks/scale.py                # 1,000 vs 100,000 goals; 10,000 waiting goals
     python benchmarks/scale.py --quick        # 1,000 vs 10,000; 1,000 waiting goals
 
-Part one fills a SQLite store (through `SQLiteStorage.create_goal`, four owners, a tag on
+Part one fills two SQLite stores (through `SQLiteStorage.create_goal`, four owners, a tag on
 every third goal, three goals in four then marked completed by one UPDATE) and times, through
 the storage API the manager calls: `get_goal`, the first page (50) of `list_goals` unfiltered,
-by owner, by status and by tag, `goals_by_workflow`, and a deep page (offset 90 % of the goals).
-Medians of 200 calls each (20 for the deep page); the ratio of the large store to the small
-one; and `EXPLAIN QUERY PLAN` of each query, to show which index serves it.
+by owner, by status, by tag and by owner and status, `goals_by_workflow`, and a deep page (90 %
+of the goals down) asked for by offset and by cursor. Each lookup is timed in rounds that
+alternate between the small and the large store, so that load from elsewhere on the machine
+falls on both alike; medians of 200 calls each (40 for the deep pages); the ratio of the large
+store to the small one; and `EXPLAIN QUERY PLAN` of the queries the backend runs, to show
+which index serves each.
 
 Part two starts a `GoalManager` whose provider never answers (each step waits on an event)
 with `max_concurrent` high enough to run them all, creates N goals, waits until every one is
@@ -31,8 +34,8 @@ from typing import Any
 import anyio
 
 from goalkit import GoalManager, hookimpl, transitions
-from goalkit.models import Goal, new_goal_id, new_workflow_id
-from goalkit.storage.sqlite import _GOAL_COLUMNS, SQLiteStorage
+from goalkit.models import Goal, encode_cursor, new_goal_id, new_workflow_id
+from goalkit.storage.sqlite import _COUNT, _GOAL_COLUMNS, SQLiteStorage, _list_query
 
 OWNERS = ("alice", "bob", "carol", "dave")
 
@@ -72,63 +75,103 @@ async def _fill(store: SQLiteStorage, n: int) -> list[Goal]:
     return goals
 
 
-async def _time(call: Callable[[], Awaitable[Any]], repeat: int) -> float:
-    await call()  # warm the caches
+async def _timed(call: Callable[[], Awaitable[Any]], repeat: int) -> list[float]:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         await call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return times
 
 
-async def lookups(n: int, db: Path) -> dict[str, float]:
-    store = SQLiteStorage(db)
-    await store.open()
+Calls = dict[str, tuple[Callable[[], Awaitable[Any]], int]]
+
+
+def _calls(store: SQLiteStorage, goals: list[Goal]) -> Calls:
+    n = len(goals)
+    probe = goals[n // 2]
+    deep = n * 9 // 10
+    # The cursor a client holds after reading `deep` goals newest first: the same page.
+    below = encode_cursor(n - deep + 1)
+    return {
+        "get": (lambda: store.get_goal(probe.id), 200),
+        "list, first page (50), with its total": (lambda: store.list_goals(), 200),
+        "list by owner": (lambda: store.list_goals(owner="bob"), 200),
+        "list by status": (lambda: store.list_goals(status="active"), 200),
+        "list by tag": (lambda: store.list_goals(tag="nightly"), 200),
+        # The fill leaves none of bob's goals active: finding that must not walk his
+        # ended ones.
+        "list by owner and status": (lambda: store.list_goals(owner="bob", status="active"), 200),
+        "list by owner and tag": (lambda: store.list_goals(owner="alice", tag="nightly"), 200),
+        "by_workflow": (lambda: store.goals_by_workflow(probe.workflow_id), 200),
+        f"deep page by offset ({deep:,})": (lambda: store.list_goals(offset=deep), 40),
+        "deep page by cursor (same page)": (lambda: store.list_goals(cursor=below), 40),
+    }
+
+
+async def lookups(small: int, large: int, tmp: Path) -> dict[str, tuple[float, float]]:
+    """Median µs of each lookup on a store of `small` and one of `large` goals."""
+    stores = [SQLiteStorage(tmp / "small.db"), SQLiteStorage(tmp / "large.db")]
     try:
-        goals = await _fill(store, n)
-        probe = goals[n // 2]
-        deep = n * 9 // 10
-        calls: dict[str, tuple[Callable[[], Awaitable[Any]], int]] = {
-            "get": (lambda: store.get_goal(probe.id), 200),
-            "list, first page": (lambda: store.list_goals(), 200),
-            "list by owner": (lambda: store.list_goals(owner="bob"), 200),
-            "list by status": (lambda: store.list_goals(status="active"), 200),
-            "list by tag": (lambda: store.list_goals(tag="nightly"), 200),
-            "by_workflow": (lambda: store.goals_by_workflow(probe.workflow_id), 200),
-            "list, deep page (offset 90 %)": (lambda: store.list_goals(offset=deep), 20),
-        }
-        return {name: await _time(call, repeat) for name, (call, repeat) in calls.items()}
+        calls = []
+        for store, n in zip(stores, (small, large), strict=True):
+            await store.open()
+            calls.append(_calls(store, await _fill(store, n)))
+            print(f"filled {n:,} goals", file=sys.stderr)
+        deep_offset = await calls[1][f"deep page by offset ({large * 9 // 10:,})"][0]()
+        deep_cursor = await calls[1]["deep page by cursor (same page)"][0]()
+        assert deep_offset.items == deep_cursor.items  # the two ask for one page
+        results = {}
+        rounds = 10
+        for (a, _), (name, (b, repeat)) in zip(calls[0].values(), calls[1].items(), strict=True):
+            await a()  # warm the caches
+            await b()
+            times: tuple[list[float], list[float]] = ([], [])
+            for _ in range(rounds):
+                times[0].extend(await _timed(a, repeat // rounds))
+                times[1].extend(await _timed(b, repeat // rounds))
+            results[name] = (
+                statistics.median(times[0]) * 1e6,
+                statistics.median(times[1]) * 1e6,
+            )
+        return results
     finally:
-        await store.close()
+        for store in stores:
+            await store.close()
 
 
-PLANS = {
-    "get": (f"SELECT {_GOAL_COLUMNS} FROM goals WHERE id = ?", ["x"]),
-    "list by owner": (
-        "SELECT id FROM goals g WHERE g.owner = ? ORDER BY g.seq DESC LIMIT 50",
-        ["bob"],
-    ),
-    "count by owner": ("SELECT count(*) FROM goals g WHERE g.owner = ?", ["bob"]),
-    "list by status": (
-        "SELECT id FROM goals g WHERE g.status = ? ORDER BY g.seq DESC LIMIT 50",
-        ["active"],
-    ),
-    "list by tag": (
-        "SELECT g.id FROM goal_tags t JOIN goals g ON g.seq = t.seq WHERE t.tag = ? "
-        "ORDER BY t.seq DESC LIMIT 50",
-        ["nightly"],
-    ),
-    "by_workflow": ("SELECT id FROM goals WHERE workflow_id = ? ORDER BY seq", ["wf-x"]),
-}
+def _plan_queries() -> dict[str, tuple[str, list[Any]]]:
+    """The queries the backend runs for the lookups above, with sample parameters."""
+    cursor = encode_cursor(1000)
+
+    def listing(**filters: Any) -> tuple[str, list[Any]]:
+        sql, params = _list_query(
+            filters.get("owner"), filters.get("status"), filters.get("tag"), filters.get("cursor")
+        )
+        return sql, [*params, 51, 0]
+
+    return {
+        "get": (f"SELECT {_GOAL_COLUMNS} FROM goals WHERE id = ?", ["x"]),
+        "a listing's total (any filters)": (_COUNT, ["bob", "active", "nightly"]),
+        "list, first page": listing(),
+        "list by owner": listing(owner="bob"),
+        "list by status": listing(status="active"),
+        "list by tag": listing(tag="nightly"),
+        "list by owner and status": listing(owner="bob", status="active"),
+        "by cursor": listing(cursor=cursor),
+        "by owner, by cursor": listing(owner="bob", cursor=cursor),
+        "by status, by cursor": listing(status="active", cursor=cursor),
+        "by tag, by cursor": listing(tag="nightly", cursor=cursor),
+        "by_workflow": ("SELECT id FROM goals WHERE workflow_id = ? ORDER BY seq", ["wf-x"]),
+    }
 
 
 def plans(db: Path) -> list[str]:
     conn = sqlite3.connect(db)
     lines = []
-    for name, (sql, params) in PLANS.items():
+    for name, (sql, params) in _plan_queries().items():
         steps = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
-        lines.append(f"- {name}: {'; '.join(steps)}")
+        lines.append(f"- {name}: `{'; '.join(steps)}`")
     conn.close()
     return lines
 
@@ -201,18 +244,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     small, large = 1000, (10_000 if args.quick else 100_000)
     waiters = 1000 if args.quick else 10_000
     with tempfile.TemporaryDirectory(prefix="goalkit-scale-") as tmp:
-        a = anyio.run(lookups, small, Path(tmp) / "small.db")
-        print(f"filled and timed {small:,} goals", file=sys.stderr)
-        b = anyio.run(lookups, large, Path(tmp) / "large.db")
-        print(f"filled and timed {large:,} goals", file=sys.stderr)
+        timings = anyio.run(lookups, small, large, Path(tmp))
         plan_lines = plans(Path(tmp) / "large.db")
         per_goal = anyio.run(waiting, waiters, Path(tmp) / "waiting.db")
     lines = [
         f"| lookup (storage API) | {small:,} goals, µs | {large:,} goals, µs | ratio |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for name in a:
-        lines.append(f"| {name} | {a[name]:,.0f} | {b[name]:,.0f} | {b[name] / a[name]:.2f} |")
+    for name, (a, b) in timings.items():
+        lines.append(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
     lines += ["", f"EXPLAIN QUERY PLAN with {large:,} goals:", "", *plan_lines, ""]
     lines.append(
         f"{waiters:,} goals waiting inside a provider call: {per_goal:.1f} KiB of resident memory each."

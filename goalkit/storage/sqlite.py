@@ -239,6 +239,10 @@ COUNT_STATEMENTS = (
     f"""CREATE TRIGGER goal_counts_delete AFTER DELETE ON goals BEGIN
         UPDATE goal_counts SET n = n - 1 WHERE key IN ({_count_keys("old")});
     END""",
+    # A user's goals of one status, newest first, in one index range: a non-admin listing by
+    # status always filters by owner too, and walking the owner's index for the few active
+    # goals among many ended ones grew with the store.
+    "CREATE INDEX goals_owner_status_seq ON goals (owner, status, seq)",
     # The goals already stored.
     f"""INSERT INTO goal_counts (key, n)
         SELECT key, count(*) FROM ({_count_keys("g", source="goals AS g, ")}) GROUP BY key""",
@@ -248,7 +252,8 @@ COUNT_STATEMENTS = (
 @MIGRATIONS(name="0005_goal_counts")
 def _goal_counts(db: Database) -> None:
     # Each listing's `total` read from one row instead of counted: a count per combination
-    # of the filters (owner, status, tag), kept by triggers in the transaction of each write.
+    # of the filters (owner, status, tag), kept by triggers in the transaction of each write;
+    # and an index for listing one owner's goals of one status.
     for statement in COUNT_STATEMENTS:
         db.execute(statement)
 
