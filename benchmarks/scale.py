@@ -13,7 +13,12 @@ falls on both alike; medians of 200 calls each (40 for the deep pages); the rati
 store to the small one; and `EXPLAIN QUERY PLAN` of the queries the backend runs, to show
 which index serves each.
 
-Part two starts a `GoalManager` whose provider never answers (each step waits on an event)
+Part two times what the triggers that keep listing totals (``0005_goal_counts``) add to the
+backend's own write statements: creating a goal, a commit that keeps its status and one
+that changes it, with 0, 3 and 20 tags, against the same file with the triggers dropped;
+and 3-step workflows one at a time through `GoalManager` with and without them.
+
+Part three starts a `GoalManager` whose provider never answers (each step waits on an event)
 with `max_concurrent` high enough to run them all, creates N goals, waits until every one is
 inside its provider call, and reports the growth of the process's resident memory divided by N.
 """
@@ -21,12 +26,15 @@ inside its provider call, and reports the growth of the process's resident memor
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import resource
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +43,14 @@ import anyio
 
 from goalkit import GoalManager, hookimpl, transitions
 from goalkit.models import Goal, encode_cursor, new_goal_id, new_workflow_id
-from goalkit.storage.sqlite import _COUNT, _GOAL_COLUMNS, SQLiteStorage, _list_query
+from goalkit.storage.sqlite import (
+    _COUNT,
+    _GOAL_COLUMNS,
+    _INSERT_GOAL,
+    _UPDATE_GOAL,
+    SQLiteStorage,
+    _list_query,
+)
 
 OWNERS = ("alice", "bob", "carol", "dave")
 
@@ -176,6 +191,102 @@ def plans(db: Path) -> list[str]:
     return lines
 
 
+def trigger_cost(tmp: Path, n: int) -> list[tuple[int, float, float, float]]:
+    """µs per goal the count triggers add to the backend's own statements: (tags, insert,
+    a commit that keeps the status, a commit that changes it). Two migrated files, one with
+    the triggers dropped; each statement run `n` times in one transaction, alternating
+    between the files, best of 5 (the fixed cost, not the noise)."""
+    paths = [tmp / "triggers.db", tmp / "no-triggers.db"]
+    for path in paths:
+        store = SQLiteStorage(path)
+        anyio.run(store.open)
+        anyio.run(store.close)
+    conns = [sqlite3.connect(path, isolation_level=None) for path in paths]
+    for (name,) in (
+        conns[1]
+        .execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'goals'")
+        .fetchall()
+    ):
+        conns[1].execute(f"DROP TRIGGER {name}")
+    results = []
+    for tags in (0, 3, 20):
+        best = [[float("inf")] * 3 for _ in conns]
+        for _ in range(5):
+            for conn, row in zip(conns, best, strict=True):
+                for i, took in enumerate(_write_loop(conn, n, tags)):
+                    row[i] = min(row[i], took)
+        results.append((tags, *(a - b for a, b in zip(*best, strict=True))))
+    for conn in conns:
+        conn.close()
+    return results
+
+
+async def trigger_cost_workflows(tmp: Path, rounds: int) -> tuple[float, float]:
+    """Median µs per 3-step workflow, one at a time through `GoalManager` (the zero-latency
+    provider of compare.py), with the count triggers and without: two managers in this
+    process on two files, the second with its triggers dropped, in alternating batches of
+    100 so that load from elsewhere falls on both alike."""
+    from engine import make_plugins  # benchmarks/engine.py: the zero-latency provider
+
+    counts: Counter[str] = Counter()
+
+    def manager(path: Path) -> GoalManager:
+        return GoalManager(
+            f"sqlite:///{path}",
+            plugins=make_plugins(counts),
+            entry_points=False,
+            default_model="zero",
+            max_concurrent=1,
+        )
+
+    async with manager(tmp / "with.db") as a, manager(tmp / "without.db") as b:
+        with contextlib.closing(sqlite3.connect(tmp / "without.db")) as conn:
+            names = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            for (name,) in names.fetchall():
+                conn.execute(f"DROP TRIGGER {name}")
+            conn.commit()
+        times: tuple[list[float], list[float]] = ([], [])
+        for i in range(rounds + 1):
+            for which in (0, 1) if i % 2 else (1, 0):
+                start = time.perf_counter()
+                for _ in range(100):
+                    goal = await (a, b)[which].create("a 3-step no-op workflow")
+                    await (a, b)[which].wait(goal.id)
+                if i:  # the first round warms up
+                    times[which].append((time.perf_counter() - start) / 100 * 1e6)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _write_loop(conn: sqlite3.Connection, n: int, tags: int) -> list[float]:
+    """µs per goal of: creating it (goal row and goal_tags), a commit keeping its status,
+    and one ending it, with the statements `SQLiteStorage` runs."""
+    tag_list = [f"tag{i}" for i in range(tags)]
+    now = int(time.time())
+    times = []
+    conn.execute("BEGIN IMMEDIATE")
+    start = time.perf_counter()
+    seqs = []
+    for i in range(n):
+        row = (new_goal_id(), new_workflow_id(), "d", "m", "plan", 10, 2, json.dumps(tag_list))
+        row += (OWNERS[i % 4], "active", "created", 0, 0, None, None, None, now, now, None)
+        seq = conn.execute(_INSERT_GOAL, (*row, None, 0, 0)).lastrowid
+        conn.executemany(
+            "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)", [(t, seq) for t in tag_list]
+        )
+        seqs.append(seq)
+    times.append(time.perf_counter() - start)
+    for status in ("active", "completed"):
+        start = time.perf_counter()
+        for seq in seqs:
+            conn.execute(
+                _UPDATE_GOAL,
+                (status, "running", 1, 0, 1, None, None, now, None, 2, 0, 0, 0, False, False, seq),
+            )
+        times.append(time.perf_counter() - start)
+    conn.execute("ROLLBACK")
+    return [t / n * 1e6 for t in times]
+
+
 class _Stuck:
     """Model ``stuck``: a one-step plan whose step waits until the manager closes."""
 
@@ -246,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="goalkit-scale-") as tmp:
         timings = anyio.run(lookups, small, large, Path(tmp))
         plan_lines = plans(Path(tmp) / "large.db")
+        triggers = trigger_cost(Path(tmp), 2000)
+        workflow = anyio.run(trigger_cost_workflows, Path(tmp), 20)
         per_goal = anyio.run(waiting, waiters, Path(tmp) / "waiting.db")
     lines = [
         f"| lookup (storage API) | {small:,} goals, µs | {large:,} goals, µs | ratio |",
@@ -254,6 +367,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, (a, b) in timings.items():
         lines.append(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
     lines += ["", f"EXPLAIN QUERY PLAN with {large:,} goals:", "", *plan_lines, ""]
+    lines += [
+        "What the count triggers add to each write (µs per goal, best of 5):",
+        "",
+        "| tags | create | commit, same status | commit, new status |",
+        "| ---: | ---: | ---: | ---: |",
+        *(f"| {t} | {a:+.1f} | {b:+.1f} | {c:+.1f} |" for t, a, b, c in triggers),
+        "",
+        f"One 3-step workflow at a time through GoalManager: {workflow[0]:,.0f} µs with the "
+        f"triggers, {workflow[1]:,.0f} µs without ({workflow[0] / workflow[1] - 1:+.1%}).",
+        "",
+    ]
     lines.append(
         f"{waiters:,} goals waiting inside a provider call: {per_goal:.1f} KiB of resident memory each."
     )

@@ -539,7 +539,9 @@ class TestCounts:
                 "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)", [("x", seq), ("y", seq)]
             )
             assert stored_counts(conn) == true_counts(conn)
-            conn.execute("DELETE FROM goal_tags WHERE seq = (SELECT seq FROM goals WHERE owner = 'dave')")
+            conn.execute(
+                "DELETE FROM goal_tags WHERE seq = (SELECT seq FROM goals WHERE owner = 'dave')"
+            )
             conn.execute("DELETE FROM events")
             conn.execute("DELETE FROM goals WHERE owner = 'dave'")
             assert stored_counts(conn) == true_counts(conn)
@@ -613,7 +615,9 @@ class TestCountsProperty:
                             source = "goal_tags t JOIN goals g ON g.seq = t.seq"
                             where = " AND ".join(filter(None, [where, "t.tag = ?"]))
                             params.append(tag)
-                        sql = f"SELECT count(*) FROM {source}" + (f" WHERE {where}" if where else "")
+                        sql = f"SELECT count(*) FROM {source}" + (
+                            f" WHERE {where}" if where else ""
+                        )
                         (expected,) = conn.execute(sql, params).fetchone()
                         page = await store.list_goals(owner=owner, status=status, tag=tag, limit=1)
                         assert page.total == expected, key

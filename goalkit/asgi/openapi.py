@@ -383,6 +383,9 @@ def _operations() -> dict[str, dict[str, Any]]:
         },
         "listGoals": {
             "summary": "List goals, newest first (non-admins: their own)",
+            "description": "Page by `offset`, or by `cursor`: the `meta.next_cursor` of the "
+            "page before, which continues below that page's last goal whatever was created "
+            "since. `cursor` and `offset` exclude each other (both: a 400 naming `cursor`).",
             "responses": {
                 "200": _json("GoalList", "A page of goals and its `meta`."),
                 **_errors("400", "401", "403"),
