@@ -1,4 +1,4 @@
-"""Lookups with 1,000 and with 100,000 goals stored, and the memory of goals that wait.
+"""Lookups with 1,000 vs 100,000 goals stored, the cost of kept totals, waiting goals' memory.
 
     python benchmarks/scale.py                # 1,000 vs 100,000 goals; 10,000 waiting goals
     python benchmarks/scale.py --quick        # 1,000 vs 10,000; 1,000 waiting goals
@@ -6,12 +6,12 @@
 Part one fills two SQLite stores (through `SQLiteStorage.create_goal`, four owners, a tag on
 every third goal, three goals in four then marked completed by one UPDATE) and times, through
 the storage API the manager calls: `get_goal`, the first page (50) of `list_goals` unfiltered,
-by owner, by status, by tag and by owner and status, `goals_by_workflow`, and a deep page (90 %
-of the goals down) asked for by offset and by cursor. Each lookup is timed in rounds that
-alternate between the small and the large store, so that load from elsewhere on the machine
-falls on both alike; medians of 200 calls each (40 for the deep pages); the ratio of the large
-store to the small one; and `EXPLAIN QUERY PLAN` of the queries the backend runs, to show
-which index serves each.
+by owner, by status, by tag, by owner and status and by owner and tag, `goals_by_workflow`,
+and a deep page (90 % of the goals down) asked for by offset and by cursor. Each lookup is
+timed in batches of 4 calls alternating between the small and the large store, so that load
+from elsewhere on the machine falls on both alike; medians of 1,000 calls each (100 for the
+deep pages); the ratio of the large store to the small one; and `EXPLAIN QUERY PLAN` of the
+queries the backend runs, to show which index serves each.
 
 Part two times what the triggers that keep listing totals (``0005_goal_counts``) add to the
 backend's own write statements: creating a goal, a commit that keeps its status and one
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import sqlite3
 import statistics
@@ -109,18 +110,18 @@ def _calls(store: SQLiteStorage, goals: list[Goal]) -> Calls:
     # The cursor a client holds after reading `deep` goals newest first: the same page.
     below = encode_cursor(n - deep + 1)
     return {
-        "get": (lambda: store.get_goal(probe.id), 200),
-        "list, first page (50), with its total": (lambda: store.list_goals(), 200),
-        "list by owner": (lambda: store.list_goals(owner="bob"), 200),
-        "list by status": (lambda: store.list_goals(status="active"), 200),
-        "list by tag": (lambda: store.list_goals(tag="nightly"), 200),
+        "get": (lambda: store.get_goal(probe.id), 1000),
+        "list, first page (50), with its total": (lambda: store.list_goals(), 1000),
+        "list by owner": (lambda: store.list_goals(owner="bob"), 1000),
+        "list by status": (lambda: store.list_goals(status="active"), 1000),
+        "list by tag": (lambda: store.list_goals(tag="nightly"), 1000),
         # The fill leaves none of bob's goals active: finding that must not walk his
         # ended ones.
-        "list by owner and status": (lambda: store.list_goals(owner="bob", status="active"), 200),
-        "list by owner and tag": (lambda: store.list_goals(owner="alice", tag="nightly"), 200),
-        "by_workflow": (lambda: store.goals_by_workflow(probe.workflow_id), 200),
-        f"deep page by offset ({deep:,})": (lambda: store.list_goals(offset=deep), 40),
-        "deep page by cursor (same page)": (lambda: store.list_goals(cursor=below), 40),
+        "list by owner and status": (lambda: store.list_goals(owner="bob", status="active"), 1000),
+        "list by owner and tag": (lambda: store.list_goals(owner="alice", tag="nightly"), 1000),
+        "by_workflow": (lambda: store.goals_by_workflow(probe.workflow_id), 1000),
+        f"deep page by offset ({deep:,})": (lambda: store.list_goals(offset=deep), 100),
+        "deep page by cursor (same page)": (lambda: store.list_goals(cursor=below), 100),
     }
 
 
@@ -133,18 +134,21 @@ async def lookups(small: int, large: int, tmp: Path) -> dict[str, tuple[float, f
             await store.open()
             calls.append(_calls(store, await _fill(store, n)))
             print(f"filled {n:,} goals", file=sys.stderr)
+        # The fill leaves ~100 MB for the kernel to write back: flushed first, so that it
+        # does not land in the first lookups timed (it doubled the large store's `get`).
+        os.sync()
         deep_offset = await calls[1][f"deep page by offset ({large * 9 // 10:,})"][0]()
         deep_cursor = await calls[1]["deep page by cursor (same page)"][0]()
         assert deep_offset.items == deep_cursor.items  # the two ask for one page
         results = {}
-        rounds = 10
+        batch = 4  # calls in a row on one store: short, so load bursts fall on both
         for (a, _), (name, (b, repeat)) in zip(calls[0].values(), calls[1].items(), strict=True):
             await a()  # warm the caches
             await b()
             times: tuple[list[float], list[float]] = ([], [])
-            for _ in range(rounds):
-                times[0].extend(await _timed(a, repeat // rounds))
-                times[1].extend(await _timed(b, repeat // rounds))
+            for _ in range(repeat // batch):
+                times[0].extend(await _timed(a, batch))
+                times[1].extend(await _timed(b, batch))
             results[name] = (
                 statistics.median(times[0]) * 1e6,
                 statistics.median(times[1]) * 1e6,
@@ -195,7 +199,7 @@ def trigger_cost(tmp: Path, n: int) -> list[tuple[int, float, float, float]]:
     """µs per goal the count triggers add to the backend's own statements: (tags, insert,
     a commit that keeps the status, a commit that changes it). Two migrated files, one with
     the triggers dropped; each statement run `n` times in one transaction, alternating
-    between the files, best of 5 (the fixed cost, not the noise)."""
+    between the files, best of 9 (the fixed cost, not the noise)."""
     paths = [tmp / "triggers.db", tmp / "no-triggers.db"]
     for path in paths:
         store = SQLiteStorage(path)
@@ -211,7 +215,7 @@ def trigger_cost(tmp: Path, n: int) -> list[tuple[int, float, float, float]]:
     results = []
     for tags in (0, 3, 20):
         best = [[float("inf")] * 3 for _ in conns]
-        for _ in range(5):
+        for _ in range(9):
             for conn, row in zip(conns, best, strict=True):
                 for i, took in enumerate(_write_loop(conn, n, tags)):
                     row[i] = min(row[i], took)
@@ -357,8 +361,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="goalkit-scale-") as tmp:
         timings = anyio.run(lookups, small, large, Path(tmp))
         plan_lines = plans(Path(tmp) / "large.db")
-        triggers = trigger_cost(Path(tmp), 2000)
-        workflow = anyio.run(trigger_cost_workflows, Path(tmp), 20)
+        triggers = trigger_cost(Path(tmp), 500)
+        workflow = anyio.run(trigger_cost_workflows, Path(tmp), 30)
         per_goal = anyio.run(waiting, waiters, Path(tmp) / "waiting.db")
     lines = [
         f"| lookup (storage API) | {small:,} goals, µs | {large:,} goals, µs | ratio |",
@@ -368,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines.append(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
     lines += ["", f"EXPLAIN QUERY PLAN with {large:,} goals:", "", *plan_lines, ""]
     lines += [
-        "What the count triggers add to each write (µs per goal, best of 5):",
+        "What the count triggers add to each write (µs per goal, best of 9):",
         "",
         "| tags | create | commit, same status | commit, new status |",
         "| ---: | ---: | ---: | ---: |",
