@@ -536,7 +536,9 @@ def decode_cursor(cursor: object, *, field: str = "cursor") -> int:
         raw = base64.urlsafe_b64decode(cursor)
         check, position = raw[:4], raw[4:]
         seq = int.from_bytes(position, "big")
-        if hmac.compare_digest(check, _cursor_check(position)) and seq >= 1:
+        # Below 2**63: the check is no secret, so a forged cursor may hold any 8 bytes, and
+        # SQLite cannot bind a larger integer.
+        if hmac.compare_digest(check, _cursor_check(position)) and 1 <= seq < 2**63:
             return seq
     raise InvalidGoal("must be the next_cursor of an earlier page, as it was given", field=field)
 
@@ -548,8 +550,9 @@ def validate_list_query(
     field: status one of `STATUSES` (or None), limit 1 to `MAX_LIMIT`, offset None or at least
     0, cursor None or a cursor (`decode_cursor`), and not both an offset and a cursor.
 
-    `GoalManager.list` applies these; the HTTP layer checks each query value with the same
-    functions (`goalkit.asgi.routes`) and leaves the combination to `GoalManager.list`.
+    `GoalManager.list` applies these. The HTTP layer checks each query value as it parses it
+    (`goalkit.asgi.routes`: the same limits, and `decode_cursor` itself) and leaves the
+    combination of cursor and offset to `GoalManager.list`.
     """
     if status is not None and status not in STATUSES:
         raise InvalidGoal(f"must be one of {', '.join(STATUSES)}, got {status!r}", field="status")

@@ -29,6 +29,7 @@ from asgi_helpers import (
 
 import goalkit.asgi
 from goalkit import GoalManager, Principal
+from goalkit.models import encode_cursor
 
 pytestmark = pytest.mark.anyio
 
@@ -463,6 +464,8 @@ class TestListCursor:
             "AAAAAAAAAAAAAAA=",
             "é" * 16,
             "-1",
+            encode_cursor(2**64 - 1),  # a forged cursor past what SQLite can bind
+            encode_cursor(0),
         ],
     )
     async def test_garbage_cursor_is_a_400(self, http: httpx.AsyncClient, cursor: str) -> None:

@@ -12,7 +12,15 @@ import pytest
 
 from goalkit import transitions
 from goalkit.errors import GoalConflict, GoalNotFound, InvalidGoal, LeaseLost, StorageError
-from goalkit.models import ErrorInfo, Goal, StepSpec, Usage, new_goal_id, new_workflow_id
+from goalkit.models import (
+    ErrorInfo,
+    Goal,
+    StepSpec,
+    Usage,
+    encode_cursor,
+    new_goal_id,
+    new_workflow_id,
+)
 from goalkit.storage import Storage
 from goalkit.storage import memory as memory_backend
 from goalkit.storage import sqlite as sqlite_backend
@@ -485,7 +493,9 @@ class TestListing:
         by_offset = await store.list_goals(limit=2, offset=2)
         assert by_offset.items != second.items  # what a cursor is for
 
-    @pytest.mark.parametrize("cursor", ["", "nope", "AAAAAAAAAAAAAAAA", "x" * 100])
+    @pytest.mark.parametrize(
+        "cursor", ["", "nope", "AAAAAAAAAAAAAAAA", "x" * 100, encode_cursor(2**63)]
+    )
     async def test_bad_cursor_is_invalid(
         self, store: Storage, goals: list[Goal], cursor: str
     ) -> None:
