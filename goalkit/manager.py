@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -42,18 +42,18 @@ from goalkit.errors import (
     StorageError,
 )
 from goalkit.models import (
-    MAX_LIMIT,
-    STATUSES,
     ErrorInfo,
     Event,
     Goal,
     GoalSpec,
     Page,
     Principal,
+    Status,
     new_goal_id,
     new_workflow_id,
     validate_goal_spec,
     validate_idempotency_key,
+    validate_list_query,
 )
 from goalkit.plugins import implementations, make_plugin_manager, resolve
 from goalkit.providers import ModelProvider
@@ -656,19 +656,23 @@ class GoalManager:
         status: str | None = None,
         tag: str | None = None,
         limit: int = 50,
-        offset: int = 0,
+        offset: int | None = None,
+        cursor: str | None = None,
     ) -> Page:
-        """Goals newest first, filtered by owner (None: everyone's), status and tag."""
-        if status is not None and status not in STATUSES:
-            raise InvalidGoal(
-                f"must be one of {', '.join(STATUSES)}, got {status!r}", field="status"
-            )
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-            raise InvalidGoal(f"must be an integer from 1 to {MAX_LIMIT}", field="limit")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidGoal("must be an integer of at least 0", field="offset")
+        """Goals newest first, filtered by owner (None: everyone's), status and tag.
+
+        Page by `offset`, or by `cursor`: the `next_cursor` of the page before, which goes on
+        just below that page's last goal, so goals created meanwhile neither repeat nor
+        skip a goal, and a deep page costs what the first does. Not both at once.
+        """
+        validate_list_query(status=status, limit=limit, offset=offset, cursor=cursor)
         return await self._guarded.list_goals(
-            owner=owner, status=status, tag=tag, limit=limit, offset=offset
+            owner=owner,
+            status=cast("Status | None", status),  # checked just above
+            tag=tag,
+            limit=limit,
+            offset=offset or 0,
+            cursor=cursor,
         )
 
     async def by_workflow(self, workflow_id: str) -> builtins.list[Goal]:

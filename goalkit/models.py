@@ -11,6 +11,9 @@ lives in `goalkit.transitions`; storage backends persist them, the engine drives
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -24,6 +27,7 @@ from goalkit.errors import InvalidGoal
 
 __all__ = [
     "BLANK",
+    "CURSOR_PATTERN",
     "IDEMPOTENCY_KEY_PATTERN",
     "JSON",
     "MAX_DESCRIPTION",
@@ -54,12 +58,15 @@ __all__ = [
     "StepStatus",
     "Usage",
     "check_json",
+    "decode_cursor",
+    "encode_cursor",
     "is_unicode",
     "new_goal_id",
     "new_workflow_id",
     "text_pattern",
     "validate_goal_spec",
     "validate_idempotency_key",
+    "validate_list_query",
     "validate_plan",
 ]
 
@@ -360,12 +367,18 @@ class Event:
 
 @attrs.frozen
 class Page:
-    """One page of a listing: the goals, newest first, and the total that matched."""
+    """One page of a listing: the goals, newest first, and the total that matched.
+
+    `offset` is the offset the page was asked for with (None when it was asked for with a
+    cursor). `next_cursor` continues the listing just below this page's last goal (pass it
+    as ``cursor=``); None on the last page.
+    """
 
     items: tuple[Goal, ...]
     total: int
     limit: int
-    offset: int
+    offset: int | None
+    next_cursor: str | None = None
 
 
 @attrs.frozen
@@ -501,6 +514,74 @@ def validate_idempotency_key(key: object, *, field: str = "idempotency_key") -> 
 
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{16}$"
+"""What every cursor looks like (base64url, 16 characters); not every such text is one."""
+_CURSOR = re.compile(CURSOR_PATTERN)
+_CURSOR_PERSON = b"goalkit-cursor"
+
+
+def _cursor_check(position: bytes) -> bytes:
+    return hashlib.blake2b(position, digest_size=4, person=_CURSOR_PERSON).digest()
+
+
+def encode_cursor(seq: int) -> str:
+    """The cursor of a listing that continues below the goal stored `seq`-th: what storage
+    backends put in `Page.next_cursor`.
+
+    Opaque to clients: the position and a check of it, so that a cursor mangled on its way
+    (cut, edited, another API's token) is refused by `decode_cursor` rather than read as
+    some other position. The check is not a secret: a cursor grants nothing, the listing's
+    filters (its owner above all) still apply.
+    """
+    position = seq.to_bytes(8, "big")
+    return base64.urlsafe_b64encode(_cursor_check(position) + position).decode("ascii")
+
+
+def decode_cursor(cursor: object, *, field: str = "cursor") -> int:
+    """The position (a goal's storage sequence number) `cursor` continues below, or raise
+    `InvalidGoal` naming `field` if it is not a cursor `encode_cursor` made."""
+    if isinstance(cursor, str) and _CURSOR.fullmatch(cursor):
+        raw = base64.urlsafe_b64decode(cursor)
+        check, position = raw[:4], raw[4:]
+        seq = int.from_bytes(position, "big")
+        # Below 2**63: the check is no secret, so a forged cursor may hold any 8 bytes, and
+        # SQLite cannot bind a larger integer.
+        if hmac.compare_digest(check, _cursor_check(position)) and 1 <= seq < 2**63:
+            return seq
+    raise InvalidGoal("must be the next_cursor of an earlier page, as it was given", field=field)
+
+
+def validate_list_query(
+    *, status: object = None, limit: object = 50, offset: object = None, cursor: object = None
+) -> None:
+    """Check the paging and filter arguments of a listing, or raise `InvalidGoal` naming the
+    field: status one of `STATUSES` (or None), limit 1 to `MAX_LIMIT`, offset None or at least
+    0, cursor None or a cursor (`decode_cursor`), and not both an offset and a cursor.
+
+    `GoalManager.list` applies these. The HTTP layer checks each query value as it parses it
+    (`goalkit.asgi.routes`: the same limits, and `decode_cursor` itself) and leaves the
+    combination of cursor and offset to `GoalManager.list`.
+    """
+    if status is not None and status not in STATUSES:
+        raise InvalidGoal(f"must be one of {', '.join(STATUSES)}, got {status!r}", field="status")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidGoal(f"must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    if offset is not None and (
+        isinstance(offset, bool) or not isinstance(offset, int) or offset < 0
+    ):
+        raise InvalidGoal("must be an integer of at least 0", field="offset")
+    if cursor is not None:
+        decode_cursor(cursor)
+        if offset is not None:
+            raise InvalidGoal(
+                "give either cursor or offset, not both (a cursor already says where the "
+                "page starts)",
+                field="cursor",
+            )
 
 
 def validate_plan(plan: object, max_steps: int) -> tuple[StepSpec, ...]:

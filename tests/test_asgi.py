@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,6 +29,7 @@ from asgi_helpers import (
 
 import goalkit.asgi
 from goalkit import GoalManager, Principal
+from goalkit.models import encode_cursor
 
 pytestmark = pytest.mark.anyio
 
@@ -317,7 +319,7 @@ class TestList:
         b = await create(http, BOB)
         mine = (await http.get("/api/v1/goals", headers=ALICE)).json()
         assert [g["id"] for g in mine["data"]] == [a["id"]]
-        assert mine["meta"] == {"total": 1, "limit": 50, "offset": 0}
+        assert mine["meta"] == {"total": 1, "limit": 50, "offset": 0, "next_cursor": None}
         assert "steps" not in mine["data"][0]
         everyone = (await http.get("/api/v1/goals", headers=ROOT)).json()
         assert {g["id"] for g in everyone["data"]} == {a["id"], b["id"]}
@@ -337,7 +339,7 @@ class TestList:
         page = (
             await http.get("/api/v1/goals?status=active&limit=2&offset=1", headers=ALICE)
         ).json()
-        assert page["meta"] == {"total": 3, "limit": 2, "offset": 1}
+        assert page["meta"] == {"total": 3, "limit": 2, "offset": 1, "next_cursor": None}
         assert [g["id"] for g in page["data"]] == ids[::-1][1:3]  # newest first
         completed = (await http.get("/api/v1/goals?status=completed", headers=ALICE)).json()
         assert [g["id"] for g in completed["data"]] == [done["id"]]
@@ -369,6 +371,128 @@ class TestList:
     async def test_query_not_utf8(self, http: httpx.AsyncClient) -> None:
         response = await http.get("/api/v1/goals?tag=%ff", headers=ALICE)
         assert_error(response, 400, "invalid_request")
+
+
+class TestListCursor:
+    """GET /api/v1/goals?cursor=…: keyset pages beside offset, stable while goals arrive."""
+
+    @pytest.fixture(params=["memory", "sqlite"])
+    async def http(
+        self, request: pytest.FixtureRequest, tmp_path: Path, provider: HeldProvider
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """The API on each built-in backend (a real SQLite file for the second)."""
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'g.db'}"
+        manager = GoalManager(url, plugins=[Users(), provider], entry_points=False, retry_backoff=0)
+        async with manager, client(app_for(manager)) as http:
+            yield http
+
+    async def pages(
+        self, http: httpx.AsyncClient, query: str, between: Any = None
+    ) -> list[dict[str, Any]]:
+        """Every page of a listing, following `next_cursor`; `between` runs after each page."""
+        pages = []
+        url = f"/api/v1/goals?{query}"
+        while True:
+            response = await http.get(url, headers=ALICE)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            pages.append(page)
+            if between is not None:
+                await between()
+            cursor = page["meta"]["next_cursor"]
+            if cursor is None:
+                return pages
+            url = f"/api/v1/goals?{query}&cursor={cursor}"
+
+    async def test_walks_every_goal_once_while_goals_arrive(self, http: httpx.AsyncClient) -> None:
+        """Goals created between pages neither repeat nor push a goal off the listing."""
+        ids = [(await create(http, model="held"))["id"] for _ in range(7)]
+        arrived: list[str] = []
+
+        async def arrive() -> None:
+            arrived.append((await create(http, model="held"))["id"])
+
+        pages = await self.pages(http, "limit=2", between=arrive)
+        seen = [goal["id"] for page in pages for goal in page["data"]]
+        assert seen == ids[::-1]
+        assert [len(page["data"]) for page in pages] == [2, 2, 2, 1]
+        # The first page was asked for without a cursor; the others by cursor.
+        assert [page["meta"]["offset"] for page in pages] == [0, None, None, None]
+        # The total is of the store as each page saw it.
+        assert [page["meta"]["total"] for page in pages] == [7, 8, 9, 10]
+        assert len(arrived) == 4
+
+    async def test_last_page_has_no_cursor(self, http: httpx.AsyncClient) -> None:
+        for _ in range(4):
+            await create(http, model="held")
+        pages = await self.pages(http, "limit=2")
+        assert [page["meta"]["next_cursor"] is None for page in pages] == [False, True]
+        empty = await self.pages(http, "tag=none")
+        assert empty[0]["data"] == [] and empty[0]["meta"]["next_cursor"] is None
+
+    async def test_filters_hold_across_pages(self, http: httpx.AsyncClient) -> None:
+        tagged = [(await create(http, model="held", tags=["x"]))["id"] for _ in range(3)]
+        await create(http, model="held")
+        await create(http, model="held", tags=["x"], headers=BOB)
+        pages = await self.pages(http, "tag=x&status=active&limit=1")
+        assert [goal["id"] for page in pages for goal in page["data"]] == tagged[::-1]
+
+    async def test_cursor_from_an_offset_page_continues_it(self, http: httpx.AsyncClient) -> None:
+        ids = [(await create(http, model="held"))["id"] for _ in range(5)]
+        page = (await http.get("/api/v1/goals?limit=2&offset=1", headers=ALICE)).json()
+        cursor = page["meta"]["next_cursor"]
+        rest = (await http.get(f"/api/v1/goals?limit=2&cursor={cursor}", headers=ALICE)).json()
+        assert [g["id"] for g in rest["data"]] == ids[::-1][3:5]
+
+    @pytest.mark.parametrize("query", ["offset=0", "offset=3"])
+    async def test_cursor_with_offset_is_a_400(self, http: httpx.AsyncClient, query: str) -> None:
+        await create(http, model="held")
+        await create(http, model="held")
+        first = (await http.get("/api/v1/goals?limit=1", headers=ALICE)).json()
+        cursor = first["meta"]["next_cursor"]
+        response = await http.get(f"/api/v1/goals?cursor={cursor}&{query}", headers=ALICE)
+        assert_error(response, 400, "invalid_request", "cursor")
+
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            "",
+            "garbage",
+            "%00",
+            "x" * 10_000,
+            "AAAAAAAAAAAAAAAA",  # the right shape, a wrong check
+            "AAAAAAAAAAAAAAA=",
+            "é" * 16,
+            "-1",
+            encode_cursor(2**64 - 1),  # a forged cursor past what SQLite can bind
+            encode_cursor(0),
+        ],
+    )
+    async def test_garbage_cursor_is_a_400(self, http: httpx.AsyncClient, cursor: str) -> None:
+        response = await http.get("/api/v1/goals", params={"cursor": cursor}, headers=ALICE)
+        assert_error(response, 400, "invalid_request", "cursor")
+
+    async def test_tampered_cursor_is_a_400(self, http: httpx.AsyncClient) -> None:
+        """Any one character of a real cursor changed makes it refused, never a 500."""
+        for _ in range(2):
+            await create(http, model="held")
+        cursor = (await http.get("/api/v1/goals?limit=1", headers=ALICE)).json()["meta"][
+            "next_cursor"
+        ]
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        for i, char in enumerate(cursor):
+            for other in (alphabet[(alphabet.index(char) + 1) % 64], "="):
+                tampered = cursor[:i] + other + cursor[i + 1 :]
+                response = await http.get(
+                    "/api/v1/goals", params={"cursor": tampered}, headers=ALICE
+                )
+                assert_error(response, 400, "invalid_request", "cursor")
+        assert_error(
+            await http.get("/api/v1/goals", params={"cursor": cursor[:-1]}, headers=ALICE),
+            400,
+            "invalid_request",
+            "cursor",
+        )
 
 
 class TestGetAndCancel:

@@ -18,7 +18,7 @@ import pytest
 
 import goalkit
 from goalkit import GoalConflict, GoalManager, GoalNotFound, InvalidGoal, StepSpec
-from goalkit.models import Event, Goal, Step
+from goalkit.models import Event, Goal, Step, encode_cursor
 from goalkit.testing import EventRecorder, QueueProvider
 
 pytestmark = pytest.mark.anyio
@@ -367,6 +367,11 @@ class TestListing:
             past = await manager.list(offset=10)
             assert (past.items, past.total) == ((), 3)
 
+            first = await manager.list(owner="alice", limit=1)
+            rest = await manager.list(owner="alice", limit=1, cursor=first.next_cursor)
+            assert [g.id for g in (*first.items, *rest.items)] == [cancelled_a.id, done_a.id]
+            assert (rest.total, rest.offset, rest.next_cursor) == (2, None, None)
+
     async def test_listing_shows_progress_fields(self, url: str) -> None:
         """Listed goals carry status, phase and step counts, like `get` without the steps."""
         async with manager_for(url, QueueProvider()) as manager:
@@ -386,12 +391,17 @@ class TestListing:
             ({"offset": -1}, "offset"),
             ({"offset": 1.5}, "offset"),
             ({"offset": False}, "offset"),
+            ({"cursor": "nope"}, "cursor"),
+            ({"cursor": 5}, "cursor"),
+            ({"cursor": encode_cursor(1), "offset": 0}, "cursor"),
+            ({"cursor": encode_cursor(1), "offset": 2}, "cursor"),
         ],
     )
     async def test_bad_query_values_name_the_field(
         self, url: str, query: dict[str, object], field: str
     ) -> None:
-        """A bad status, limit or offset is an InvalidGoal naming that field."""
+        """A bad status, limit, offset or cursor (or both of the last two) is an InvalidGoal
+        naming that field."""
         async with manager_for(url) as manager:
             with pytest.raises(InvalidGoal) as info:
                 await manager.list(**query)  # type: ignore[arg-type]

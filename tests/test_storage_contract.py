@@ -11,8 +11,16 @@ import attrs
 import pytest
 
 from goalkit import transitions
-from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost, StorageError
-from goalkit.models import ErrorInfo, Goal, StepSpec, Usage, new_goal_id, new_workflow_id
+from goalkit.errors import GoalConflict, GoalNotFound, InvalidGoal, LeaseLost, StorageError
+from goalkit.models import (
+    ErrorInfo,
+    Goal,
+    StepSpec,
+    Usage,
+    encode_cursor,
+    new_goal_id,
+    new_workflow_id,
+)
 from goalkit.storage import Storage
 from goalkit.storage import memory as memory_backend
 from goalkit.storage import sqlite as sqlite_backend
@@ -494,6 +502,117 @@ class TestListing:
         assert beyond.items == ()
         assert (first.total, second.total, beyond.total) == (4, 4, 4)
         assert (second.limit, second.offset) == (2, 2)
+
+    async def test_cursor_pages_through(self, store: Storage, goals: list[Goal]) -> None:
+        """A page's next_cursor gives the page below it; the last page has none."""
+        first = await store.list_goals(owner="alice", limit=2)
+        assert first.next_cursor is not None
+        second = await store.list_goals(owner="alice", limit=2, cursor=first.next_cursor)
+        assert first.items == (goals[5], goals[3])
+        assert second.items == (goals[2], goals[0])
+        assert (second.total, second.limit, second.offset, second.next_cursor) == (4, 2, None, None)
+
+    @pytest.mark.parametrize("limit", [1, 2, 5, 6, 7])
+    async def test_next_cursor_only_when_more_follow(
+        self, store: Storage, goals: list[Goal], limit: int
+    ) -> None:
+        """Offset pages carry a cursor too, None exactly when no goal follows the page."""
+        for offset in range(7):
+            page = await store.list_goals(limit=limit, offset=offset)
+            assert (page.next_cursor is None) == (offset + limit >= len(goals)), offset
+            if page.next_cursor is not None:
+                rest = await store.list_goals(limit=50, cursor=page.next_cursor)
+                assert rest.items == tuple(reversed(goals))[offset + limit :]
+
+    @pytest.mark.parametrize(
+        "filters",
+        [
+            {},
+            {"owner": "alice"},
+            {"status": "active"},
+            {"tag": "qa"},
+            {"tag": "docs", "owner": "bob"},
+            {"tag": "qa", "status": "active", "owner": "alice"},
+            {"owner": "alice", "status": "completed"},
+            {"tag": "nope"},
+        ],
+    )
+    async def test_cursor_walk_equals_the_listing(
+        self, store: Storage, goals: list[Goal], filters: dict[str, Any]
+    ) -> None:
+        """Walking one goal at a time by cursor gives the listing, whatever the filters."""
+        whole = await store.list_goals(**filters)
+        walked: list[Goal] = []
+        cursor = None
+        while True:
+            page = await store.list_goals(**filters, limit=1, cursor=cursor)
+            walked.extend(page.items)
+            assert page.total == whole.total
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert tuple(walked) == whole.items
+
+    async def test_cursor_is_stable_under_inserts(self, store: Storage, goals: list[Goal]) -> None:
+        """Goals created after a page neither repeat on the next one nor push one off it."""
+        first = await store.list_goals(limit=2)
+        newer = [await create(store) for _ in range(3)]
+        second = await store.list_goals(limit=2, cursor=first.next_cursor)
+        assert second.items == (goals[3], goals[2])
+        assert second.total == len(goals) + len(newer)
+        by_offset = await store.list_goals(limit=2, offset=2)
+        assert by_offset.items != second.items  # what a cursor is for
+
+    @pytest.mark.parametrize(
+        "cursor", ["", "nope", "AAAAAAAAAAAAAAAA", "x" * 100, encode_cursor(2**63)]
+    )
+    async def test_bad_cursor_is_invalid(
+        self, store: Storage, goals: list[Goal], cursor: str
+    ) -> None:
+        with pytest.raises(InvalidGoal) as caught:
+            await store.list_goals(cursor=cursor)
+        assert caught.value.field == "cursor"
+
+
+class TestTotals:
+    """`total` counts the goals matching every filter, through every change of status."""
+
+    async def test_totals_follow_every_ending(self, store: Storage) -> None:
+        owners, tags = ("alice", "bob"), (("qa",), ("qa", "docs"), ())
+        for i in range(8):
+            await create(store, owner=owners[i % 2], tags=tags[i % 3])
+        made = await store.claim_goals("m1", ttl=60, limit=10)
+        await assert_totals(store)
+        await apply(store, transitions.complete(made[0], "done", NOW, lease="m1"))
+        await apply(store, transitions.fail(made[1], ErrorInfo("x", "y"), NOW, lease="m1"))
+        await apply(store, transitions.cancel(made[2], NOW))
+        goal = await run_plan(store, made[3], ["a", "b"])
+        goal = await apply(store, transitions.step_started(goal, goal.steps[0], NOW, lease="m1"))
+        await assert_totals(store)
+        await apply(store, transitions.complete(goal, "done", NOW, lease="m1"))
+        await apply(store, transitions.cancel(made[4], NOW))
+        await assert_totals(store)
+        page = await store.list_goals(status="cancelled", tag="qa")
+        assert page.total == len(page.items) == 1  # made[4]; made[2] has no tag
+
+
+async def assert_totals(store: Storage) -> None:
+    """Every combination of filters (owner, status, tag, each or not) totals what it lists."""
+    everything = (await store.list_goals(limit=1000)).items
+    owners = {g.owner for g in everything} | {"nobody"}
+    tags = {t for g in everything for t in g.tags} | {"none"}
+    for owner in [None, *owners]:
+        for status in [None, "active", "completed", "failed", "cancelled"]:
+            for tag in [None, *tags]:
+                expected = sum(
+                    1
+                    for g in everything
+                    if owner in (None, g.owner)
+                    and status in (None, g.status)
+                    and (tag is None or tag in g.tags)
+                )
+                page = await store.list_goals(owner=owner, status=status, tag=tag, limit=1)
+                assert page.total == expected, (owner, status, tag)
 
 
 class TestByWorkflow:

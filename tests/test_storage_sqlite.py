@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -12,11 +15,22 @@ from typing import Any
 import anyio
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlite_utils import Database
 
 from goalkit import transitions
 from goalkit.errors import GoalkitError, LeaseLost, StorageError
-from goalkit.models import ErrorInfo, Event, Goal, StepSpec, Usage, new_goal_id, new_workflow_id
+from goalkit.models import (
+    ErrorInfo,
+    Event,
+    Goal,
+    StepSpec,
+    Usage,
+    encode_cursor,
+    new_goal_id,
+    new_workflow_id,
+)
 from goalkit.storage import Storage
 from goalkit.storage.memory import MemoryStorage
 from goalkit.storage.sqlite import MIGRATIONS, SQLiteStorage, goalkit_storage
@@ -291,6 +305,18 @@ class TestQueryPlans:
             pytest.param(lambda s, g: s.list_goals(tag="qa"), id="tag"),
             pytest.param(lambda s, g: s.list_goals(owner="alice", status="active"), id="both"),
             pytest.param(lambda s, g: s.list_goals(tag="qa", owner="bob"), id="tag+owner"),
+            pytest.param(lambda s, g: s.list_goals(cursor=encode_cursor(4)), id="cursor"),
+            pytest.param(
+                lambda s, g: s.list_goals(owner="alice", cursor=encode_cursor(4)),
+                id="owner+cursor",
+            ),
+            pytest.param(
+                lambda s, g: s.list_goals(status="active", cursor=encode_cursor(4)),
+                id="status+cursor",
+            ),
+            pytest.param(
+                lambda s, g: s.list_goals(tag="qa", cursor=encode_cursor(4)), id="tag+cursor"
+            ),
             pytest.param(lambda s, g: s.goals_by_workflow(g.workflow_id), id="workflow"),
             pytest.param(lambda s, g: s.claim_goals("m2", ttl=1, limit=5), id="claim"),
             pytest.param(lambda s, g: s.renew_leases("m1", [g.id], ttl=1), id="renew"),
@@ -331,27 +357,274 @@ class TestQueryPlans:
                 assert "TEMP B-TREE" not in step, (sql, plan)
 
 
-class TestTagCount:
-    async def test_tag_total_is_counted_on_the_tag_index_alone(
+def stored_counts(conn: sqlite3.Connection) -> dict[tuple[Any, ...], int]:
+    """The non-zero rows of ``goal_counts``, keyed (owner, status, tag) with None for "any"."""
+    rows = conn.execute("SELECT key, n FROM goal_counts WHERE n != 0").fetchall()
+    return {tuple(json.loads(key)): n for key, n in rows}
+
+
+def true_counts(conn: sqlite3.Connection) -> dict[tuple[Any, ...], int]:
+    """What ``goal_counts`` must hold, counted from the goal rows and goal_tags."""
+    counts: Counter[tuple[Any, ...]] = Counter()
+    tags: dict[int, list[str]] = {}
+    for tag, seq in conn.execute("SELECT tag, seq FROM goal_tags"):
+        tags.setdefault(seq, []).append(tag)
+    for seq, owner, status in conn.execute("SELECT seq, owner, status FROM goals"):
+        for o in (None, owner):
+            for s in (None, status):
+                for t in [None, *tags.get(seq, [])]:
+                    counts[(o, s, t)] += 1
+    return dict(counts)
+
+
+def assert_counts_exact(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert stored_counts(conn) == true_counts(conn)
+
+
+class TestCounts:
+    """Listing totals come from ``goal_counts``, which triggers keep exact."""
+
+    async def test_total_is_one_lookup(
         self, db_path: Path, traced: list[tuple[int, str]], raw: sqlite3.Connection
     ) -> None:
-        """A tag listing counts its total without visiting the goal rows (scales with tags)."""
+        """A listing reads its total from one row, whatever the filters: no count(*)."""
         store = SQLiteStorage(db_path)
         await store.open()
         try:
-            for tags in [("qa",), ("qa",), ()]:
-                await store.create_goal(transitions.create(new_goal(tags=tags)))
+            for owner, tags in [("alice", ("qa",)), ("alice", ("qa", "x")), ("bob", ())]:
+                await store.create_goal(transitions.create(new_goal(owner=owner, tags=tags)))
             traced.clear()
-            page = await store.list_goals(tag="qa")
+            totals = [
+                (await store.list_goals(**filters)).total
+                for filters in [
+                    {},
+                    {"owner": "alice"},
+                    {"tag": "qa"},
+                    {"status": "active", "tag": "x", "owner": "alice"},
+                    {"owner": "carol"},
+                ]
+            ]
         finally:
             await store.close()
-        assert page.total == 2
-        counts = [sql for _, sql in traced if "count(*)" in sql]
-        assert counts
+        assert totals == [3, 2, 2, 1, 0]
+        statements = [sql for _, sql in traced]
+        assert not any("count(" in sql.lower() for sql in statements)
+        counts = [sql for sql in statements if "goal_counts" in sql]
+        assert len(counts) == 5
         for sql in counts:
             plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}")]
-            assert all("goal_tags" in step or " t " in f" {step} " for step in plan), plan
-            assert not any("goals" in step.replace("goal_tags", "") for step in plan), plan
+            assert plan == ["SEARCH goal_counts USING PRIMARY KEY (key=?)"], plan
+
+    async def test_exact_through_every_ending(self, store: SQLiteStorage, db_path: Path) -> None:
+        """Create, complete, fail, cancel: after each, the counts equal count(*)."""
+        goals = [
+            await start(store, lease="m1", owner=owner, tags=tags)
+            for owner, tags in [("alice", ("qa",)), ("bob", ("qa", "docs")), ("alice", ())]
+        ]
+        assert_counts_exact(db_path)
+        await store.commit(transitions.complete(goals[0], "done", NOW, lease="m1"))
+        await store.commit(transitions.fail(goals[1], ErrorInfo("x", "y"), NOW, lease="m1"))
+        assert_counts_exact(db_path)
+        await store.commit(transitions.cancel(goals[2], NOW))
+        assert_counts_exact(db_path)
+        assert (await store.list_goals(status="failed", tag="docs")).total == 1
+
+    async def test_refused_write_changes_no_count(
+        self, store: SQLiteStorage, db_path: Path
+    ) -> None:
+        """A write its fence refuses (rolled back to its savepoint) leaves the counts as they
+        were, beside writes of the same batch that commit."""
+        goal = await start(store)
+        other = await start(store, lease="m2")
+
+        async def refused() -> None:
+            with pytest.raises(LeaseLost):
+                await store.commit(transitions.complete(goal, "x", NOW, lease="someone-else"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refused)
+            tg.start_soon(store.commit, transitions.complete(other, "x", NOW, lease="m2"))
+        assert_counts_exact(db_path)
+        assert (await store.list_goals(status="completed")).total == 1
+
+    async def test_exact_under_concurrent_writers(self, db_path: Path) -> None:
+        """Two stores on one file (two processes) creating and ending goals at once."""
+        stores = [SQLiteStorage(db_path), SQLiteStorage(db_path)]
+        for s in stores:
+            await s.open()
+
+        async def work(store: SQLiteStorage, name: str) -> None:
+            for i in range(20):
+                goal = new_goal(owner=("alice", "bob")[i % 2], tags=("qa",) if i % 2 else ())
+                await store.create_goal(transitions.create(goal))
+                (held,) = await store.claim_goals(name, ttl=60, limit=1)
+                ending = i % 3
+                if ending == 0:
+                    await store.commit(transitions.complete(held, "ok", NOW, lease=name))
+                elif ending == 1:
+                    await store.commit(transitions.cancel(held, NOW))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, s in enumerate(stores):
+                    for j in range(3):
+                        tg.start_soon(work, s, f"m{i}-{j}")
+            page = await stores[0].list_goals(limit=1)
+        finally:
+            for s in stores:
+                await s.close()
+        assert page.total == 120
+        assert_counts_exact(db_path)
+
+    async def test_goals_stored_before_0005_are_counted(self, db_path: Path) -> None:
+        """A file the previous release filled (schema at 0004) opens with exact counts."""
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        MIGRATIONS.apply(Database(conn, execute_plugins=False), stop_before="0005_goal_counts")
+        # Goals as the previous release wrote them: the goal row and its goal_tags rows.
+        statuses = ("active", "completed", "failed", "cancelled")
+        for i in range(30):
+            goal = new_goal(owner=f"user{i % 3}", tags=[(), ("qa",), ("qa", "x")][i % 3])
+            seq = conn.execute(
+                "INSERT INTO goals (id, workflow_id, description, model, mode, max_steps, "
+                "max_retries, tags, owner, status, phase, total_steps, steps_completed, "
+                "created_at, updated_at) VALUES (?, ?, 'x', 'scripted', 'plan', 3, 2, ?, ?, ?, "
+                "'created', 0, 0, 0, 0)",
+                (goal.id, goal.workflow_id, json.dumps(goal.tags), goal.owner, statuses[i % 4]),
+            ).lastrowid
+            conn.executemany(
+                "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)", [(t, seq) for t in goal.tags]
+            )
+        assert conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'goal_counts'"
+        ).fetchone() == (0,)
+        conn.close()
+        store = SQLiteStorage(db_path)
+        await store.open()
+        try:
+            assert_counts_exact(db_path)
+            assert (await store.list_goals()).total == 30
+            assert (await store.list_goals(owner="user2", tag="x")).total == 10
+            assert (await store.list_goals(status="completed", tag="qa")).total == 6
+            # And they go on being kept.
+            await store.create_goal(transitions.create(new_goal(owner="user1", tags=("x",))))
+            (held,) = await store.claim_goals("m1", ttl=60, limit=1)
+            await store.commit(transitions.complete(held, "done", NOW, lease="m1"))
+            assert (await store.list_goals(tag="x")).total == 11
+            assert_counts_exact(db_path)
+        finally:
+            await store.close()
+
+    def test_hand_edits_keep_counts_exact(self, db_path: Path) -> None:
+        """Changes goalkit never makes (an owner, tags, a deleted goal) keep them exact too."""
+
+        async def fill() -> None:
+            store = SQLiteStorage(db_path)
+            await store.open()
+            try:
+                for owner, tags in [("alice", ("qa",)), ("bob", ("qa", "x")), ("carol", ())]:
+                    await store.create_goal(transitions.create(new_goal(owner=owner, tags=tags)))
+            finally:
+                await store.close()
+
+        anyio.run(fill)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            conn.execute("UPDATE goals SET owner = 'dave', status = 'failed' WHERE owner = 'bob'")
+            assert stored_counts(conn) == true_counts(conn)
+            # Tags live twice: in the goal row (which the counts follow) and in goal_tags.
+            (seq,) = conn.execute("SELECT seq FROM goals WHERE owner = 'alice'").fetchone()
+            conn.execute("UPDATE goals SET tags = ? WHERE seq = ?", ('["x","y"]', seq))
+            conn.execute("DELETE FROM goal_tags WHERE seq = ?", (seq,))
+            conn.executemany(
+                "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)", [("x", seq), ("y", seq)]
+            )
+            assert stored_counts(conn) == true_counts(conn)
+            conn.execute(
+                "DELETE FROM goal_tags WHERE seq = (SELECT seq FROM goals WHERE owner = 'dave')"
+            )
+            conn.execute("DELETE FROM events")
+            conn.execute("DELETE FROM goals WHERE owner = 'dave'")
+            assert stored_counts(conn) == true_counts(conn)
+
+
+_OWNERS = ("alice", "bob", "ça va")
+_TAGS = ("qa", "docs", "é", "x y")
+_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("create"),
+            st.sampled_from(_OWNERS),
+            st.lists(st.sampled_from(_TAGS), max_size=3, unique=True),
+        ),
+        st.tuples(
+            st.sampled_from(["complete", "fail", "cancel"]),
+            st.integers(min_value=0),
+            st.none(),
+        ),
+    ),
+    max_size=25,
+)
+
+
+class TestCountsProperty:
+    """After any sequence of creations and endings, every count equals count(*)."""
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(operations=_OPERATIONS)
+    def test_counts_equal_count_star(self, tmp_path_factory: Any, operations: Any) -> None:
+        path = tmp_path_factory.mktemp("counts") / "goals.db"
+
+        async def run() -> None:
+            store = SQLiteStorage(path)
+            await store.open()
+            goals: list[Goal] = []
+            try:
+                for op, arg, tags in operations:
+                    if op == "create":
+                        goal = new_goal(owner=arg, tags=tuple(tags))
+                        await store.create_goal(transitions.create(goal))
+                        goals.append(goal)
+                        continue
+                    if not goals:
+                        continue
+                    stored = await store.get_goal(goals[arg % len(goals)].id)
+                    assert stored is not None
+                    if stored.done:
+                        continue
+                    if op == "cancel":
+                        await store.commit(transitions.cancel(stored, NOW))
+                        continue
+                    await store.claim_goals("p", ttl=600, limit=len(goals))
+                    if op == "complete":
+                        await store.commit(transitions.complete(stored, "ok", NOW, lease="p"))
+                    else:
+                        error = ErrorInfo("x", "y")
+                        await store.commit(transitions.fail(stored, error, NOW, lease="p"))
+                with contextlib.closing(sqlite3.connect(path)) as conn:
+                    assert stored_counts(conn) == true_counts(conn)
+                    for key in true_counts(conn):
+                        owner, status, tag = key
+                        where = " AND ".join(
+                            f"{column} = ?"
+                            for column, value in [("g.owner", owner), ("g.status", status)]
+                            if value is not None
+                        )
+                        source = "goals g"
+                        params = [v for v in (owner, status) if v is not None]
+                        if tag is not None:
+                            source = "goal_tags t JOIN goals g ON g.seq = t.seq"
+                            where = " AND ".join(filter(None, [where, "t.tag = ?"]))
+                            params.append(tag)
+                        sql = f"SELECT count(*) FROM {source}" + (
+                            f" WHERE {where}" if where else ""
+                        )
+                        (expected,) = conn.execute(sql, params).fetchone()
+                        page = await store.list_goals(owner=owner, status=status, tag=tag, limit=1)
+                        assert page.total == expected, key
+            finally:
+                await store.close()
+
+        anyio.run(run)
 
 
 class TestUrl:

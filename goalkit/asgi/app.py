@@ -369,16 +369,20 @@ class GoalkitApp:
             status=params["status"],
             tag=params["tag"],
             limit=params["limit"],
-            offset=params["offset"],
+            # Sent or not, not its default: an offset beside a cursor is a 400.
+            offset=params["offset"] if "offset" in request.query else None,
+            cursor=params["cursor"],
         )
+        meta = {
+            "total": page.total,
+            "limit": page.limit,
+            "offset": page.offset,
+            "next_cursor": page.next_cursor,
+        }
         await send_json(
             send,
             200,
-            {
-                "ok": True,
-                "data": [goal.to_dict(full=False) for goal in page.items],
-                "meta": {"total": page.total, "limit": page.limit, "offset": page.offset},
-            },
+            {"ok": True, "data": [goal.to_dict(full=False) for goal in page.items], "meta": meta},
         )
 
     async def _get(

@@ -269,8 +269,23 @@ def _schemas() -> dict[str, Any]:
         },
         "Meta": {
             "type": "object",
-            "required": ["total", "limit", "offset"],
-            "properties": {"total": _INT, "limit": _INT, "offset": _INT},
+            "required": ["total", "limit", "offset", "next_cursor"],
+            "properties": {
+                "total": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Goals matching the filters, on every page.",
+                },
+                "limit": _INT,
+                "offset": {
+                    "type": ["integer", "null"],
+                    "description": "The page's offset; null for a page asked for by cursor.",
+                },
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Send as `cursor` for the next page; null on the last.",
+                },
+            },
         },
         "Event": {
             "type": "object",
@@ -368,6 +383,9 @@ def _operations() -> dict[str, dict[str, Any]]:
         },
         "listGoals": {
             "summary": "List goals, newest first (non-admins: their own)",
+            "description": "Page by `offset`, or by `cursor`: the `meta.next_cursor` of the "
+            "page before, which continues below that page's last goal whatever was created "
+            "since. `cursor` and `offset` exclude each other (both: a 400 naming `cursor`).",
             "responses": {
                 "200": _json("GoalList", "A page of goals and its `meta`."),
                 **_errors("400", "401", "403"),

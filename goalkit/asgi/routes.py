@@ -27,6 +27,7 @@ from goalkit.models import (
     MAX_OWNER_LENGTH,
     MAX_TAG_LENGTH,
     STATUSES,
+    decode_cursor,
     is_unicode,
     validate_idempotency_key,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "QUERY_NAMES",
     "ROUTES",
     "Choice",
+    "Cursor",
     "Digits",
     "GoalId",
     "IdempotencyKey",
@@ -161,6 +163,20 @@ class IdempotencyKey:
 
 
 @attrs.frozen
+class Cursor:
+    """A listing's cursor, by `goalkit.models.decode_cursor`'s rule; passed on as given."""
+
+    def parse(self, name: str, text: str) -> str:
+        decode_cursor(text, field=name)
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        # No pattern: a cursor holds a check of itself, which no pattern can state, so the
+        # schema names a format instead (test generators are given real cursors for it).
+        return {"type": "string", "format": "goalkit-cursor"}
+
+
+@attrs.frozen
 class GoalId:
     """A goal id in a path: at most `MAX_GOAL_ID` characters, else no goal has it (404)."""
 
@@ -250,7 +266,20 @@ ROUTES: tuple[Route, ...] = (
                     Param("status", "query", Choice(STATUSES), "Only this status."),
                     Param("tag", "query", Text(MAX_TAG_LENGTH), "Only goals with this tag."),
                     Param("limit", "query", Integer(1, MAX_LIMIT, 50), "Page size."),
-                    Param("offset", "query", Integer(0, MAX_INTEGER, 0), "Goals to skip."),
+                    Param(
+                        "offset",
+                        "query",
+                        Integer(0, MAX_INTEGER, 0),
+                        "Goals to skip. Not with `cursor`.",
+                    ),
+                    Param(
+                        "cursor",
+                        "query",
+                        Cursor(),
+                        "The `meta.next_cursor` of the page before, as given: this page "
+                        "goes on below that page's last goal, whatever was created since. "
+                        "Not with `offset`.",
+                    ),
                     Param(
                         "owner",
                         "query",

@@ -87,8 +87,17 @@ class Storage(Protocol):
         tag: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        cursor: str | None = None,
     ) -> Page:
-        """Goals matching every filter given, newest first, without steps."""
+        """Goals matching every filter given, newest first, without steps.
+
+        `total` counts every goal that matches (whatever the page), and costs the same
+        at any size of the store. With a `cursor` (a `Page.next_cursor` from an earlier
+        call, `goalkit.models.decode_cursor` reads it) the page holds the goals created
+        before that page's last goal, so goals created meanwhile neither repeat nor shift
+        it; the page's `offset` is then None. `next_cursor` (`goalkit.models.encode_cursor`
+        of the last goal's place) is None when no matching goal comes after the page.
+        """
 
     async def goals_by_workflow(self, workflow_id: str) -> list[Goal]:
         """The goals a workflow id maps to (one, today), through an index."""
@@ -179,7 +188,10 @@ class Guarded:
         tag: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        cursor: str | None = None,
     ) -> Page:
+        # Backends written before cursors take none: one is passed only when given.
+        paging: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
         return await self._call(
             "list_goals",
             partial(
@@ -189,6 +201,7 @@ class Guarded:
                 tag=tag,
                 limit=limit,
                 offset=offset,
+                **paging,
             ),
         )
 

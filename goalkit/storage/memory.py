@@ -15,7 +15,7 @@ import attrs
 
 from goalkit.errors import GoalConflict, GoalNotFound, LeaseLost, StorageError
 from goalkit.hookspecs import hookimpl
-from goalkit.models import Event, Goal, Page, Status, Step
+from goalkit.models import Event, Goal, Page, Status, Step, decode_cursor, encode_cursor
 from goalkit.storage import KEY_REUSED, Storage
 from goalkit.transitions import Transition
 
@@ -140,17 +140,27 @@ class MemoryStorage:
         tag: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        cursor: str | None = None,
     ) -> Page:
+        before = None if cursor is None else decode_cursor(cursor)
         matched = [
-            r.goal
+            r
             for r in sorted(self._goals.values(), key=lambda r: r.seq, reverse=True)
             if (owner is None or r.goal.owner == owner)
             and (status is None or r.goal.status == status)
             and (tag is None or tag in r.goal.tags)
         ]
-        offset, limit = max(offset, 0), max(limit, 0)
-        items = tuple(matched[offset : offset + limit])
-        return Page(items=items, total=len(matched), limit=limit, offset=offset)
+        start, limit = max(offset, 0), max(limit, 0)
+        rest = matched if before is None else [r for r in matched if r.seq < before]
+        page = rest[start : start + limit]
+        more = limit > 0 and len(rest) > start + limit
+        return Page(
+            items=tuple(r.goal for r in page),
+            total=len(matched),
+            limit=limit,
+            offset=start if cursor is None else None,
+            next_cursor=encode_cursor(page[-1].seq) if more else None,
+        )
 
     async def goals_by_workflow(self, workflow_id: str) -> list[Goal]:
         return [self._goals[i].goal for i in self._by_workflow.get(workflow_id, [])]
