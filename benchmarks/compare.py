@@ -199,10 +199,10 @@ def _group_commit_loop(in_flight: int, n: int, db: Path, synchronous: str) -> di
 def _schema_floor(in_flight: int, n: int, db: Path, synchronous: str) -> dict[str, Any]:
     """goalkit's own SQL for the workflow, with no engine: the ceiling of its storage design.
 
-    The statements `SQLiteStorage` runs for a 3-step goal (insert the goal and its
-    ``goal.created``; then 9 transitions, each an event row, a step upsert where the
-    transition has one, and a goal-row update), `in_flight` goals per transaction as group
-    commit batches them, in one thread: no asyncio, no fences, no Python objects.
+    The rows `SQLiteStorage` writes for a 3-step goal (insert the goal and its
+    ``goal.created``; then 8 transitions, each an event row, a step upsert and a goal-row
+    update, the last one ending the goal), `in_flight` goals per transaction as group commit
+    batches them, in one thread: no asyncio, no fences, no Python objects.
     """
     from goalkit.storage import sqlite as gs
 
@@ -245,7 +245,7 @@ def _schema_floor(in_flight: int, n: int, db: Path, synchronous: str) -> dict[st
                 0,
                 0,
             )
-            seqs[goal_id] = conn.execute(gs._INSERT_GOAL, row).lastrowid or 0
+            seqs[goal_id] = conn.execute(gs._INSERT_GOAL, (*row, 1, None, 0.0)).lastrowid or 0
             conn.execute(gs._INSERT_EVENT, (goal_id, 1, "goal.created", time.time(), data))
         conn.execute("COMMIT")
         for event in range(2, EVENTS + 1):  # each transition, all goals of the batch at once
@@ -262,30 +262,32 @@ def _schema_floor(in_flight: int, n: int, db: Path, synchronous: str) -> dict[st
                 gs._INSERT_EVENT,
                 [(g, event, "goal.step_completed", time.time(), data) for g in ids],
             )
-            conn.executemany(
-                gs._UPDATE_GOAL,
-                [
-                    (
-                        "active",
-                        "running",
-                        3,
-                        1,
-                        1,
-                        None,
-                        None,
-                        now,
-                        None,
-                        event,
-                        0,
-                        0,
-                        0,
-                        False,
-                        False,
-                        seqs[g],
-                    )
-                    for g in ids
-                ],
-            )
+            last = event == EVENTS  # the goal's status changes with its last event only
+            update = [
+                (
+                    "completed" if last else "active",
+                    "completed" if last else "running",
+                    3,
+                    3 if last else 1,
+                    None if last else 1,
+                    None,
+                    None,
+                    now,
+                    now if last else None,
+                    event,
+                    0,
+                    0,
+                    0,
+                    last,
+                    last,
+                    seqs[g],
+                )
+                for g in ids
+            ]
+            if last:
+                conn.executemany(gs._UPDATE_GOAL, update)
+            else:
+                conn.executemany(gs._UPDATE_STATE, [row[1:] for row in update])
             conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     store._disconnect()

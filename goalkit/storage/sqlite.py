@@ -302,8 +302,8 @@ _INSERT_GOAL = """
     INSERT INTO goals (id, workflow_id, description, model, mode, max_steps, max_retries, tags,
         owner, status, phase, total_steps, steps_completed, current_step, result, error,
         created_at, updated_at, completed_at, max_tokens, input_tokens, output_tokens,
-        lease_owner, lease_expires)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        last_event_id, lease_owner, lease_expires)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO NOTHING
 """
 _UPSERT_STEP = """
@@ -317,6 +317,16 @@ _UPSERT_STEP = """
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens
 """
 _INSERT_EVENT = "INSERT INTO events (goal_id, id, type, ts, data) VALUES (?, ?, ?, ?, ?)"
+_UPDATE_STATE = """
+    UPDATE goals SET phase = ?, total_steps = ?, steps_completed = ?,
+        current_step = ?, result = ?, error = ?, updated_at = ?, completed_at = ?,
+        last_event_id = ?, input_tokens = ?, output_tokens = ?, recoveries = ?,
+        lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END,
+        lease_expires = CASE WHEN ? THEN 0 ELSE lease_expires END
+    WHERE seq = ?
+"""
+"""`_UPDATE_GOAL` for the writes that leave the status as it is (all but a goal's last): it
+does not touch the status indexes, and the `goal_counts` trigger on status does not fire."""
 _UPDATE_GOAL = """
     UPDATE goals SET status = ?, phase = ?, total_steps = ?, steps_completed = ?,
         current_step = ?, result = ?, error = ?, updated_at = ?, completed_at = ?,
@@ -941,7 +951,10 @@ class SQLiteStorage:
                     if earlier[1] != fingerprint:
                         raise GoalConflict(KEY_REUSED)
                     return self._first_event(conn, earlier[0])
-            cursor = conn.execute(_INSERT_GOAL, (*row, lease_owner, expires))
+            # The event first as a row, so the goal's row is inserted complete (no UPDATE).
+            step_rows, event_row, _, event = self._rows(0, goal.workflow_id, 0, transition)
+            assert event_row is not None and event is not None
+            cursor = conn.execute(_INSERT_GOAL, (*row, event.id, lease_owner, expires))
             if cursor.rowcount == 0:
                 raise GoalConflict(f"goal {goal.id!r} already exists")
             if idempotency_key is not None:
@@ -952,12 +965,14 @@ class SQLiteStorage:
                 )
             seq = cursor.lastrowid
             assert seq is not None
-            conn.executemany(
-                "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)",
-                [(tag, seq) for tag in goal.tags],
-            )
-            event = self._apply(conn, seq, goal.workflow_id, 0, transition)
-            assert event is not None
+            if goal.tags:
+                conn.executemany(
+                    "INSERT INTO goal_tags (tag, seq) VALUES (?, ?)",
+                    [(tag, seq) for tag in goal.tags],
+                )
+            if step_rows:
+                conn.executemany(_UPSERT_STEP, step_rows)
+            conn.execute(_INSERT_EVENT, event_row)
             return event
 
         return await self._write(work)
@@ -1022,15 +1037,25 @@ class SQLiteStorage:
 
     @classmethod
     def _apply(
-        cls, conn: sqlite3.Connection, seq: int, workflow_id: str, last: int, transition: Transition
+        cls,
+        conn: sqlite3.Connection,
+        seq: int,
+        workflow_id: str,
+        last: int,
+        status: str,
+        transition: Transition,
     ) -> Event | None:
-        """Write the transition's steps, event and goal row; the caller holds the transaction."""
+        """Write the transition's steps, event and goal row (whose stored status is `status`);
+        the caller holds the transaction."""
         steps, event_row, goal_row, event = cls._rows(seq, workflow_id, last, transition)
         if steps:
             conn.executemany(_UPSERT_STEP, steps)
         if event_row is not None:
             conn.execute(_INSERT_EVENT, event_row)
-        conn.execute(_UPDATE_GOAL, goal_row)
+        if goal_row[0] == status:
+            conn.execute(_UPDATE_STATE, goal_row[1:])
+        else:
+            conn.execute(_UPDATE_GOAL, goal_row)
         return event
 
     @staticmethod
@@ -1062,7 +1087,7 @@ class SQLiteStorage:
                 refused = self._fence(goal_id, (status, last, lease_owner), link)
                 if refused is not None:
                     raise refused
-                event = self._apply(conn, seq, workflow_id, last, link)
+                event = self._apply(conn, seq, workflow_id, last, status, link)
                 if event is not None:
                     events.append(event)
                     last = event.id
@@ -1092,6 +1117,7 @@ class SQLiteStorage:
         }
         steps: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
+        moves: list[tuple[Any, ...]] = []
         goals: list[tuple[Any, ...]] = []
         for op in ops:
             transition = op.transition
@@ -1104,7 +1130,8 @@ class SQLiteStorage:
             seq, workflow_id, status, last, lease_owner = found
             own_steps: list[tuple[Any, ...]] = []
             own_events: list[tuple[Any, ...]] = []
-            own_goals: list[tuple[Any, ...]] = []
+            own_moves: list[tuple[Any, ...]] = []  # goal rows whose status stays
+            own_goals: list[tuple[Any, ...]] = []  # goal rows whose status changes
             appended: list[Event] = []
             refused: Exception | None = None
             for link in transition.links():  # all of a chain, or none of it
@@ -1119,7 +1146,10 @@ class SQLiteStorage:
                 own_steps += step_rows
                 if event_row is not None:
                     own_events.append(event_row)
-                own_goals.append(goal_row)
+                if goal_row[0] == status:
+                    own_moves.append(goal_row[1:])
+                else:
+                    own_goals.append(goal_row)
                 if event is not None:
                     appended.append(event)
                     last = event.id
@@ -1129,6 +1159,7 @@ class SQLiteStorage:
                 continue
             steps += own_steps
             events += own_events
+            moves += own_moves
             goals += own_goals
             op.result = tuple(appended)
             found[2:] = [status, last, lease_owner]
@@ -1136,6 +1167,10 @@ class SQLiteStorage:
             conn.executemany(_UPSERT_STEP, steps)
         if events:
             conn.executemany(_INSERT_EVENT, events)
+        # A goal's status changes only at its end, after which it takes no more writes: the
+        # rows that keep their status go first, then those that end a goal.
+        if moves:
+            conn.executemany(_UPDATE_STATE, moves)
         if goals:
             conn.executemany(_UPDATE_GOAL, goals)
 
