@@ -1,4 +1,4 @@
-"""The model provider plugin `benchmarks/http.py` loads into ``goalkit serve`` (``--plugin``).
+"""The model provider plugin `benchmarks/http_load.py` loads into ``goalkit serve`` (``--plugin``).
 
 Two model names:
 

@@ -1,4 +1,4 @@
-"""`benchmarks/http.py` end to end, at its smallest: real servers, a real load, real streams.
+"""`benchmarks/http_load.py` end to end, at its smallest: real servers, a real load, real streams.
 
 It runs `goalkit serve` and the Starlette floor as uvicorn processes on 127.0.0.1 and checks
 what the script itself checks (every request answered 201 or 200; every SSE subscriber got
@@ -21,7 +21,7 @@ def test_http_benchmark_runs_and_sse_delivery_holds(tmp_path: Path) -> None:
     run = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "http.py"),
+            str(ROOT / "benchmarks" / "http_load.py"),
             "--quick",
             "--client=raw",
             "--duration=0.3",

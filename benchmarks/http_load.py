@@ -2,7 +2,7 @@
 
     bash benchmarks/run http                 # in benchmarks/.venv (about 4 minutes)
     bash benchmarks/run http --quick         # 1 s per figure, 1 run, a small SSE run (~40 s)
-    python benchmarks/http.py --duration 10 --repeat 5 --client raw --no-sse
+    python benchmarks/http_load.py --duration 10 --repeat 5 --client raw --no-sse
 
 Servers, each a real uvicorn process on 127.0.0.1 (a free port) on a fresh SQLite file in a
 temporary directory:
@@ -76,10 +76,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Run as a script, this file's folder comes first on sys.path, and this file (http.py) would
-# shadow the standard library's `http` package, which uvicorn and httpx import.
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    del sys.path[0]
 
 import argparse
 import asyncio
