@@ -714,18 +714,22 @@ class GoalManager:
         goal_id = _goal_id(goal_id)
         ended = self._bus.watch_end(goal_id)
         try:
-            goal = await self._guarded.get_goal(goal_id, steps=False)
-            if goal is None:
-                raise GoalNotFound(goal_id)
-            if goal.done:
-                return await self.get(goal_id)
-            with anyio.fail_after(timeout):
+            # A goal driven here has not ended (its coordinator is still running) and will
+            # publish its end to `ended`: no need to read it first.
+            if goal_id not in self._running:
+                goal = await self._guarded.get_goal(goal_id, steps=False)
+                if goal is None:
+                    raise GoalNotFound(goal_id)
+                if goal.done:
+                    return await self.get(goal_id)
+            with anyio.fail_after(timeout) if timeout is not None else nullcontext():
                 while not ended.is_set():
                     with anyio.move_on_after(self.poll_interval):
                         await ended.wait()
                     if not ended.is_set():
-                        # Quiet: the goal may have ended in another process.
-                        found = await self._guarded.get_goal(goal.id, steps=False)
+                        # Quiet: the goal may have ended in another process, or its
+                        # coordinator here stopped without ending it.
+                        found = await self._guarded.get_goal(goal_id, steps=False)
                         if found is None or found.done:
                             break
         finally:

@@ -294,6 +294,27 @@ class TestMigrations:
                 len(migration_names()),
             )
 
+    async def test_a_locked_switch_to_wal_is_retried(
+        self, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ "database is locked" from the switch to WAL is retried, not raised."""
+        calls = []
+        enable_wal = Database.enable_wal
+
+        def flaky(db: Database) -> None:
+            calls.append(1)
+            if len(calls) <= 2:
+                raise sqlite3.OperationalError("database is locked")
+            enable_wal(db)
+
+        monkeypatch.setattr(Database, "enable_wal", flaky)
+        store = SQLiteStorage(db_path)
+        await store.open()
+        await store.close()
+        assert len(calls) == 3
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
 
 class TestQueryPlans:
     @pytest.mark.parametrize(

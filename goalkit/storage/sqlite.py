@@ -860,7 +860,7 @@ class SQLiteStorage:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             db = Database(conn, execute_plugins=False)
             if migrate:
-                db.enable_wal()
+                self._enable_wal(db)
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
             if migrate:
@@ -873,6 +873,21 @@ class SQLiteStorage:
             conn.close()
             raise
         return db
+
+    def _enable_wal(self, db: Database) -> None:
+        """Switch the file to WAL, retrying while other connections hold it (up to the busy
+        timeout): when several stores open a fresh file at once, SQLite may refuse the switch
+        with "database is locked" at once rather than wait (it would deadlock otherwise)."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                db.enable_wal()
+                return
+            except sqlite3.OperationalError as exc:
+                transient = "locked" in str(exc) or "busy" in str(exc)
+                if not transient or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)  # in a worker thread (`open`), never on the event loop
 
     def _disconnect(self) -> None:
         db, self._db = self._db, None
