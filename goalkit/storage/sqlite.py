@@ -3,22 +3,30 @@
 Deliberate design choices:
 
 * Group commit. All writes go to one writer thread that owns the write connection: it takes
-  every write queued since its last commit (up to `MAX_BATCH`), applies each in its own
-  ``SAVEPOINT`` inside one ``BEGIN IMMEDIATE … COMMIT``, and only after that commit wakes the
-  callers: one cross-thread wake-up per batch, not a thread hop per call. A write refused by
-  its fence (`LeaseLost`, `GoalConflict`, `GoalNotFound`) or by bad data is rolled back to its
-  savepoint and raises in its own caller; the rest of the batch commits. Since writes run one
-  after another inside the transaction, each sees the ones before it: event numbers stay
-  gapless. Lease renewals and releases jump the queue, so a heartbeat waits for one batch at
-  most. A caller cancelled before the writer took its write drops it; one cancelled after
-  waits for the batch, so a transaction is never split.
+  every write queued since its last commit (up to `MAX_BATCH`) and applies them in one
+  ``BEGIN IMMEDIATE … COMMIT``, and only after that commit wakes the callers: one
+  cross-thread wake-up per batch, not a thread hop per call. The commits of a batch are
+  applied together (`_commit_many`: one read of their fences, one ``executemany`` per table);
+  creations and lease writes, and the commits of a group SQLite refuses, each run in their
+  own ``SAVEPOINT``. A write refused by its fence (`LeaseLost`, `GoalConflict`,
+  `GoalNotFound`) or by bad data writes nothing and raises in its own caller; the rest of the
+  batch commits. Writes apply in batch order, each seeing the ones before it: event numbers
+  stay gapless. A chained transition (`Transition.then`) is applied whole or not at all.
+  Lease renewals and releases jump the queue, so a heartbeat waits for one batch at most. A
+  caller cancelled before the writer took its write drops it; one cancelled after waits for
+  the batch, so a transaction is never split.
 * The write lock is taken with ``BEGIN IMMEDIATE`` *before* the fences are read, so two
   managers sharing the file cannot interleave between the lease check and the write.
-* Reads run on a second connection owned by a reader thread, batched the same way (each read
-  its own read transaction), so they never queue behind writes: in WAL mode a reader sees
-  the last commit and does not wait for the writer. The event loop's thread never touches a
-  connection. Each thread is woken once per pass of the event loop and wakes its callers
-  without waiting for the loop (a fire-and-forget call on asyncio and trio).
+* Reads run on a second connection owned by a reader thread, batched the same way (one read
+  transaction per batch), so they never queue behind writes: in WAL mode a reader sees the
+  last commit and does not wait for the writer. The event loop's thread never touches a
+  connection. Jobs reach each thread through a `queue.SimpleQueue` (its ``put`` wakes the
+  thread directly), and each thread wakes its callers without waiting for the loop (a
+  fire-and-forget call on asyncio and trio).
+* Goal ids start with their creation time (`goalkit.models.new_goal_id`), so the rows of
+  goals running together share pages; a goal's status is updated only by the write that
+  changes it (`_UPDATE_STATE` otherwise), which spares the status indexes and the count
+  triggers on every other write.
 * WAL journal, ``busy_timeout`` 5 s, ``synchronous=NORMAL`` by default: a process crash
   (``kill -9``) loses nothing committed; a power cut or OS crash may lose the newest commits
   (never corrupt the file). ``sqlite:///path.db?synchronous=FULL`` syncs the WAL on every
