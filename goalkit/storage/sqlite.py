@@ -466,9 +466,9 @@ def _event(row: Sequence[Any], workflow_id: str) -> Event:
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[None]:
-    """Run the block in one transaction: commit at the end, roll back on any exception."""
-    conn.execute(f"BEGIN {kind}")
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block in one write transaction: commit at the end, roll back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
         yield
         conn.execute("COMMIT")
@@ -669,6 +669,37 @@ def _wake(batch: list[_Job]) -> None:
             waiter.set()
         elif not waiter.done():  # a cancelled caller's future is done already
             waiter.set_result(None)
+
+
+class _Rows:
+    """What the writer writes for some commits: step upserts, events, and goal rows, those
+    that keep the goal's status (`_UPDATE_STATE`) apart from those that end it."""
+
+    __slots__ = ("ends", "events", "moves", "steps")
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.moves: list[tuple[Any, ...]] = []
+        self.ends: list[tuple[Any, ...]] = []
+
+    def extend(self, other: _Rows) -> None:
+        self.steps += other.steps
+        self.events += other.events
+        self.moves += other.moves
+        self.ends += other.ends
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.steps:
+            conn.executemany(_UPSERT_STEP, self.steps)
+        if self.events:
+            conn.executemany(_INSERT_EVENT, self.events)
+        # A goal's status changes only at its end, after which it takes no more writes: the
+        # rows that keep their status go first, then those that end a goal.
+        if self.moves:
+            conn.executemany(_UPDATE_STATE, self.moves)
+        if self.ends:
+            conn.executemany(_UPDATE_GOAL, self.ends)
 
 
 class SQLiteStorage:
@@ -1058,29 +1089,6 @@ class SQLiteStorage:
         )
         return steps, event_row, goal_row, event
 
-    @classmethod
-    def _apply(
-        cls,
-        conn: sqlite3.Connection,
-        seq: int,
-        workflow_id: str,
-        last: int,
-        status: str,
-        transition: Transition,
-    ) -> Event | None:
-        """Write the transition's steps, event and goal row (whose stored status is `status`);
-        the caller holds the transaction."""
-        steps, event_row, goal_row, event = cls._rows(seq, workflow_id, last, transition)
-        if steps:
-            conn.executemany(_UPSERT_STEP, steps)
-        if event_row is not None:
-            conn.execute(_INSERT_EVENT, event_row)
-        if goal_row[0] == status:
-            conn.execute(_UPDATE_STATE, goal_row[1:])
-        else:
-            conn.execute(_UPDATE_GOAL, goal_row)
-        return event
-
     @staticmethod
     def _fence(
         goal_id: str, row: tuple[str, int, str | None], link: Transition
@@ -1093,6 +1101,38 @@ class SQLiteStorage:
             return GoalConflict(f"goal {goal_id!r} changed meanwhile")
         return None
 
+    @classmethod
+    def _chain_rows(
+        cls, goal_id: str, found: list[Any], transition: Transition
+    ) -> tuple[_Rows, tuple[Event, ...], list[Any]]:
+        """The rows of `transition` and the links chained after it, the events they append,
+        and the goal's state after them, from its state as stored (`found`: seq, workflow_id,
+        status, last_event_id, lease_owner).
+
+        Each link's fences are checked against the goal as the links before it leave it.
+        Raises the refusal of the first link refused, or `StorageError` for data that is not
+        JSON: nothing of the chain is written then.
+        """
+        seq, workflow_id, status, last, lease_owner = found
+        rows = _Rows()
+        events: list[Event] = []
+        for link in transition.links():
+            refused = cls._fence(goal_id, (status, last, lease_owner), link)
+            if refused is not None:
+                raise refused
+            step_rows, event_row, goal_row, event = cls._rows(seq, workflow_id, last, link)
+            rows.steps += step_rows
+            if event_row is not None and event is not None:
+                rows.events.append(event_row)
+                events.append(event)
+                last = event.id
+            if goal_row[0] == status:
+                rows.moves.append(goal_row[1:])
+            else:
+                rows.ends.append(goal_row)
+            status, lease_owner = link.goal.status, _lease_after(link, lease_owner)
+        return rows, tuple(events), [seq, workflow_id, status, last, lease_owner]
+
     async def commit(self, transition: Transition) -> tuple[Event, ...]:
         goal_id = transition.goal.id
 
@@ -1104,18 +1144,9 @@ class SQLiteStorage:
             ).fetchone()
             if row is None:
                 raise GoalNotFound(goal_id)
-            seq, workflow_id, status, last, lease_owner = row
-            events: list[Event] = []
-            for link in transition.links():  # a refusal rolls the job's savepoint back
-                refused = self._fence(goal_id, (status, last, lease_owner), link)
-                if refused is not None:
-                    raise refused
-                event = self._apply(conn, seq, workflow_id, last, status, link)
-                if event is not None:
-                    events.append(event)
-                    last = event.id
-                status, lease_owner = link.goal.status, _lease_after(link, lease_owner)
-            return tuple(events)
+            rows, events, _ = self._chain_rows(goal_id, list(row), transition)
+            rows.write(conn)
+            return events
 
         return await self._write(work, transition=transition)
 
@@ -1138,64 +1169,21 @@ class SQLiteStorage:
                 (ids,),
             )
         }
-        steps: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        moves: list[tuple[Any, ...]] = []
-        goals: list[tuple[Any, ...]] = []
+        rows = _Rows()
         for op in ops:
             transition = op.transition
             assert transition is not None
             goal_id = transition.goal.id
             found = state.get(goal_id)
-            if found is None:
-                op.error = GoalNotFound(goal_id)
+            try:
+                if found is None:
+                    raise GoalNotFound(goal_id)
+                own, op.result, state[goal_id] = cls._chain_rows(goal_id, found, transition)
+            except GoalkitError as exc:  # refused, or not JSON: this commit writes nothing
+                op.error = exc
                 continue
-            seq, workflow_id, status, last, lease_owner = found
-            own_steps: list[tuple[Any, ...]] = []
-            own_events: list[tuple[Any, ...]] = []
-            own_moves: list[tuple[Any, ...]] = []  # goal rows whose status stays
-            own_goals: list[tuple[Any, ...]] = []  # goal rows whose status changes
-            appended: list[Event] = []
-            refused: Exception | None = None
-            for link in transition.links():  # all of a chain, or none of it
-                refused = cls._fence(goal_id, (status, last, lease_owner), link)
-                if refused is not None:
-                    break
-                try:
-                    step_rows, event_row, goal_row, event = cls._rows(seq, workflow_id, last, link)
-                except StorageError as exc:
-                    refused = exc
-                    break
-                own_steps += step_rows
-                if event_row is not None:
-                    own_events.append(event_row)
-                if goal_row[0] == status:
-                    own_moves.append(goal_row[1:])
-                else:
-                    own_goals.append(goal_row)
-                if event is not None:
-                    appended.append(event)
-                    last = event.id
-                status, lease_owner = link.goal.status, _lease_after(link, lease_owner)
-            if refused is not None:
-                op.error = refused
-                continue
-            steps += own_steps
-            events += own_events
-            moves += own_moves
-            goals += own_goals
-            op.result = tuple(appended)
-            found[2:] = [status, last, lease_owner]
-        if steps:
-            conn.executemany(_UPSERT_STEP, steps)
-        if events:
-            conn.executemany(_INSERT_EVENT, events)
-        # A goal's status changes only at its end, after which it takes no more writes: the
-        # rows that keep their status go first, then those that end a goal.
-        if moves:
-            conn.executemany(_UPDATE_STATE, moves)
-        if goals:
-            conn.executemany(_UPDATE_GOAL, goals)
+            rows.extend(own)
+        rows.write(conn)
 
     @staticmethod
     def _read_goal(conn: sqlite3.Connection, goal_id: str, steps: bool) -> Goal | None:
