@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sqlite3
 import statistics
@@ -50,6 +48,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from report import machine, spread
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "compare.md"
@@ -540,13 +540,6 @@ def measure(key: str, n: int) -> dict[str, Any]:
     return json.loads(answer.stdout.strip().splitlines()[-1])
 
 
-def _spread(values: list[float], fmt: str) -> str:
-    text = fmt.format(statistics.median(values))
-    if len(values) > 1:
-        text += f" ({fmt.format(min(values))}–{fmt.format(max(values))})"
-    return text
-
-
 def table(n: int, repeat: int, keys: Sequence[str]) -> str:
     skipped = {key: why for key in keys if (why := missing(key)) is not None}
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -579,8 +572,8 @@ def table(n: int, repeat: int, keys: Sequence[str]) -> str:
         commits_text = f"{statistics.median(commits):.2f}" if commits else "—"
         rss = statistics.median(x["peak_rss_mib"] for x in xs)
         lines.append(
-            f"| {system} | {how} | {durability} | {_spread(rates, '{:,.0f}')} | "
-            f"{_spread(ms, '{:.3f}')} | {commits_text} | {rss:.0f} |"
+            f"| {system} | {how} | {durability} | {spread(rates, '{:,.0f}')} | "
+            f"{spread(ms, '{:.3f}')} | {commits_text} | {rss:.0f} |"
         )
     lines += ["", "Targets (issue 6, point 2), ratios of medians measured in this run:", ""]
     lines += ["| ratio | target | measured | met |", "| --- | ---: | ---: | --- |"]
@@ -636,8 +629,7 @@ def table(n: int, repeat: int, keys: Sequence[str]) -> str:
         "workflow. "
         "Peak RSS: the child process of that run.",
         "",
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs.",
+        machine(),
     ]
     return "\n".join(lines) + "\n"
 

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sqlite3
 import statistics
@@ -46,9 +44,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from report import machine, spread
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "engine.md"
@@ -205,15 +205,6 @@ def measure(scenario: str, workload: str, goals: int) -> dict[str, Any]:
     return json.loads(answer.stdout)
 
 
-def spread(values: Iterable[float], fmt: str = "{:,.0f}") -> tuple[float, str]:
-    values = list(values)
-    median = statistics.median(values)
-    text = fmt.format(median)
-    if len(values) > 1:
-        text += f" ({fmt.format(min(values))}–{fmt.format(max(values))})"
-    return median, text
-
-
 def table(goals: int, repeat: int) -> str:
     scenarios = [
         ("baseline", "plan", "sqlite3 loop, 9 commits/goal"),
@@ -242,9 +233,10 @@ def table(goals: int, repeat: int) -> str:
     ]
     for scenario, workload, label in scenarios:
         results = runs[scenario, workload]
-        rate, rate_text = spread(goals / x["elapsed"] for x in results)
-        _, steps_text = spread(goals * STEPS[workload] / x["elapsed"] for x in results)
-        _, ms_text = spread((x["elapsed"] * 1000 / goals for x in results), "{:.2f}")
+        rate = statistics.median(goals / x["elapsed"] for x in results)
+        rate_text = spread(goals / x["elapsed"] for x in results)
+        steps_text = spread(goals * STEPS[workload] / x["elapsed"] for x in results)
+        ms_text = spread((x["elapsed"] * 1000 / goals for x in results), "{:.2f}")
         transitions = statistics.median(x["transitions"] / goals for x in results)
         writes = statistics.median(x["writes"] / goals for x in results)
         rss = statistics.median(x["peak_rss_mib"] for x in results)
@@ -265,8 +257,7 @@ def table(goals: int, repeat: int) -> str:
         "of event rows per goal, one commit each, same durability. Peak RSS: the child "
         "process of that run (`getrusage`).",
         "",
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs.",
+        machine(),
     ]
     return "\n".join(lines) + "\n"
 

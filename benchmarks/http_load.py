@@ -82,11 +82,9 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
 import random
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import tempfile
@@ -94,6 +92,8 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
+
+from report import machine, spread
 
 RESULTS = HERE / "results" / "http.md"
 PLUGIN = HERE / "http_provider.py"
@@ -687,13 +687,6 @@ def measure_sse(args: argparse.Namespace) -> dict[str, Any]:
         return run_child(["--sse", json.dumps(config)], CLIENT_CPU if args.pin else None, 400)
 
 
-def spread(values: list[float], fmt: str) -> str:
-    text = fmt.format(statistics.median(values))
-    if len(values) > 1:
-        text += f" ({fmt.format(min(values))}–{fmt.format(max(values))})"
-    return text
-
-
 def loadavg() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -727,8 +720,7 @@ def table(args: argparse.Namespace) -> tuple[str, bool]:
         lines += text
     lines += [
         f"Load average (1, 5, 15 min) before the runs: {loads[0]}; after: {loads[-1]}. "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs.",
+        + machine(),
     ]
     return "\n".join(lines) + "\n", failed
 
